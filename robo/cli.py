@@ -1,0 +1,85 @@
+"""The ``robo`` command line. Subcommands import their modules lazily so ``robo --help`` starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from robo.config_cli import add_dataclass_args, dataclass_from_args
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from robo.pipeline import PipelineConfig, run_pipeline
+
+    summary = run_pipeline(dataclass_from_args(PipelineConfig, args))
+    return 0 if summary["dataset_ok"] else 1
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from robo.collect import CollectConfig, collect
+
+    config = dataclass_from_args(CollectConfig, args)
+    path, stats = collect(config)
+    print(f"saved {stats.saved} episodes to {path} (success {stats.success_rate:.2f}, {stats.discarded} discarded, "
+          f"{stats.overruns} control overruns)")
+    return 0
+
+
+def _bench_store(args: argparse.Namespace) -> int:
+    from robo.bench.store import StoreBenchConfig, run_store_bench
+
+    run_store_bench(dataclass_from_args(StoreBenchConfig, args))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Imported here (cheap: dataclasses only) so the flags come from the same dataclasses the code uses.
+    from robo.bench.store import StoreBenchConfig
+    from robo.collect import CollectConfig
+    from robo.data.cli import add_data_commands
+    from robo.pipeline import PipelineConfig
+
+    parser = argparse.ArgumentParser(prog="robo", description="Robot learning stack: record, train, improve, deploy.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pipeline", help="run the simulated pipeline on the embedded default")
+    add_dataclass_args(p, PipelineConfig)
+    p.set_defaults(func=_pipeline)
+
+    p = sub.add_parser("collect", help="record demonstrations into a Zarr dataset")
+    add_dataclass_args(p, CollectConfig)
+    p.set_defaults(func=_collect)
+
+    add_data_commands(sub)
+
+    bench = sub.add_parser("bench", help="benchmarks: a table, then one JSON line of figures")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    p = bench_sub.add_parser("store", help="recording headroom and sampler throughput")
+    add_dataclass_args(p, StoreBenchConfig)
+    p.set_defaults(func=_bench_store)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from robo.data.schema import DatasetError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DatasetError, FileNotFoundError, ValueError) as exc:
+        # Bad input gets one line saying what is wrong; -v shows the traceback.
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; committed episodes are safe", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
