@@ -1,28 +1,42 @@
 """Command-line flags generated from typed config dataclasses, so each option is declared exactly once.
 
-A field ``name: type = default  # help text`` becomes ``--name`` with that type, default and help (the trailing
-comment is the documentation in the source and the help on the command line). Booleans get ``--x/--no-x``.
+A field ``name: type = default`` becomes ``--name`` with that type and default; its help is the field's docstring
+(a string on the line after it) or else its trailing ``# comment``, so the documentation in the source is the help
+on the command line. Booleans get ``--x/--no-x``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import inspect
 import re
+import textwrap
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-_FIELD_COMMENT = re.compile(r"^\s+(\w+)\s*:.*?#\s*(.+)$")
+_TRAILING_COMMENT = re.compile(r"#\s*(.+)$")
 
 
 def _field_help(cls: type) -> dict[str, str]:
     try:
-        source = inspect.getsource(cls)
+        source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
         return {}
-    return {m.group(1): m.group(2).strip() for m in map(_FIELD_COMMENT.match, source.splitlines()) if m}
+    lines = source.splitlines()
+    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+    helps = {}
+    for stmt, following in zip(body, body[1:] + [None]):
+        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+            continue
+        if isinstance(following, ast.Expr) and isinstance(getattr(following, "value", None), ast.Constant) \
+                and isinstance(following.value.value, str):
+            helps[stmt.target.id] = " ".join(following.value.value.split())
+        elif match := _TRAILING_COMMENT.search(lines[stmt.end_lineno - 1]):
+            helps[stmt.target.id] = match.group(1).strip()
+    return helps
 
 
 def _unwrap_optional(tp: Any) -> Any:

@@ -1,6 +1,7 @@
 """``robo bench store``: recording headroom of the Zarr store and sampler throughput from RAM.
 
-Recording: two 640x480 RGB streams, one 640x480 depth stream and low-dim state at 30 Hz, streamed through
+Recording: two 640x480 RGB streams, one 640x480 depth stream and low-dim state at 30 Hz (frames rendered by the
+Lift sim plus camera-like noise), streamed through
 ``EpisodeWriter`` on one pinned core; headroom = the 33.3 ms control period / measured time per committed step
 (including the commit). Baseline: the same bytes appended raw, uncompressed, to one flat file.
 Sampling: batched windows (2 observations, 16 actions, edge padding) from a dataset held in RAM. Baseline: a
@@ -22,6 +23,8 @@ from robo.data.sampler import SamplerConfig, SequenceSampler
 from robo.data.schema import ArraySpec, DatasetSchema, EpisodeInfo
 from robo.data.store import ZarrDataset
 
+_FRAMES = 16  # distinct rendered frames cycled through during recording
+
 
 @dataclass
 class StoreBenchConfig:
@@ -35,18 +38,26 @@ class StoreBenchConfig:
     workdir: Path | None = None  # where to write (default: a temporary folder, removed afterwards)
 
 
-def _camera_frames(steps: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Camera-like content: a smooth scene that drifts over time plus sensor noise (compresses like real video,
-    unlike pure noise or constant frames)."""
-    h, w = 480, 640
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([xx / w, yy / h, (xx + yy) / (w + h)], axis=-1) * 200.0
-    noise = rng.integers(0, 6, size=(8, h, w, 3), dtype=np.uint8)
-    rgb = np.empty((steps, h, w, 3), np.uint8)
-    for t in range(steps):
-        rgb[t] = np.clip(np.roll(base, t, axis=1) + noise[t % 8], 0, 255).astype(np.uint8)
-    depth = (600 + 400 * (yy / h) + rng.normal(0, 3, size=(h, w))).astype(np.uint16)[..., None]
-    return rgb, rgb[:, ::-1], np.repeat(depth[None], 1, axis=0)
+def _camera_frames(n_frames: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """640x480 frames rendered by the Lift sim (agentview, eye-in-hand, aligned depth) with camera-like sensor
+    noise added (RGB sigma 1.5 levels, depth sigma 2 mm): clean renders would compress unrealistically well."""
+    from sim.env import EnvConfig, SimEnv
+
+    env = SimEnv(EnvConfig(task="Lift", cameras=("agentview", "robot0_eye_in_hand"), image_height=480,
+                           image_width=640, depth=True))
+    try:
+        obs, _ = env.reset(seed=0)
+        frames = {"agentview_rgb": [], "eye_in_hand_rgb": [], "agentview_depth": []}
+        for _ in range(n_frames):
+            for key in frames:
+                frames[key].append(obs[key])
+            obs, *_ = env.step(rng.uniform(-0.3, 0.3, 7).astype(np.float32))
+    finally:
+        env.close()
+    rgb = [np.clip(np.stack(frames[k]) + rng.normal(0, 1.5, (n_frames, 480, 640, 3)), 0, 255).astype(np.uint8)
+           for k in ("agentview_rgb", "eye_in_hand_rgb")]
+    depth = np.clip(np.stack(frames["agentview_depth"]) + rng.normal(0, 2.0, (n_frames, 480, 640, 1)), 0, 65535)
+    return rgb[0], rgb[1], depth.astype(np.uint16)
 
 
 def _record_schema(fps: float) -> DatasetSchema:
@@ -60,7 +71,7 @@ def _record_schema(fps: float) -> DatasetSchema:
 
 def bench_recording(config: StoreBenchConfig, workdir: Path) -> dict[str, float]:
     rng = np.random.default_rng(0)
-    rgb, rgb2, depth = _camera_frames(64, rng)
+    rgb, rgb2, depth = _camera_frames(_FRAMES, rng)
     lowdim = {"eef_pos": 3, "eef_quat": 4, "gripper_qpos": 2, "joint_pos": 7}
     n = config.record_steps
     ours, raw = [], []
@@ -70,7 +81,8 @@ def bench_recording(config: StoreBenchConfig, workdir: Path) -> dict[str, float]
             start = time.perf_counter()
             writer = ds.new_episode()
             for t in range(n):
-                obs = {"agentview_rgb": rgb[t % 64], "eye_in_hand_rgb": rgb2[t % 64], "agentview_depth": depth[0],
+                obs = {"agentview_rgb": rgb[t % _FRAMES], "eye_in_hand_rgb": rgb2[t % _FRAMES],
+                       "agentview_depth": depth[t % _FRAMES],
                        **{k: rng.standard_normal(d).astype(np.float32) for k, d in lowdim.items()}}
                 writer.add_step(obs, rng.uniform(-1, 1, 7).astype(np.float32), timestamp=t / config.fps)
             writer.commit(EpisodeInfo("scripted", True, seed=episode))
@@ -79,7 +91,7 @@ def bench_recording(config: StoreBenchConfig, workdir: Path) -> dict[str, float]
             start = time.perf_counter()
             with open(workdir / f"raw_{episode}.bin", "wb") as f:
                 for t in range(n):
-                    for array in (rgb[t % 64], rgb2[t % 64], depth[0]):
+                    for array in (rgb[t % _FRAMES], rgb2[t % _FRAMES], depth[t % _FRAMES]):
                         f.write(array.tobytes())
                     for d in lowdim.values():
                         f.write(rng.standard_normal(d).astype(np.float32).tobytes())

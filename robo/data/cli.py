@@ -1,4 +1,4 @@
-"""``robo data ...`` subcommands: check, repair, info (merge / filter / render / import live beside them)."""
+"""``robo data ...`` subcommands: check, repair, info, merge, filter, render, import-dp, import-robomimic."""
 
 from __future__ import annotations
 
@@ -25,6 +25,51 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("path", type=Path)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_info)
+
+    sources = ("teleop", "scripted", "policy", "imported")  # = schema.PROVENANCE_SOURCES (not imported: keep startup fast)
+    for name, help_text in (("merge", "copy the episodes of one or more datasets into a new dataset"),
+                            ("filter", "copy the episodes of a dataset that pass the filters into a new dataset")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("sources", type=Path, nargs="+" if name == "merge" else 1, metavar="SRC")
+        p.add_argument("-o", "--output", type=Path, required=True, help="new dataset path (must not exist)")
+        p.add_argument("--success-only", action="store_true", help="keep only successful episodes")
+        p.add_argument("--source", choices=sources, nargs="+", action="extend", dest="source_filter",
+                       help="keep only episodes with these provenance sources")
+        p.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
+        p.add_argument("--compression", choices=("lz4", "zstd", "none"), default="zstd")
+        p.set_defaults(func=_merge)
+
+    p = sub.add_parser("render", help="render an episode: PNG contact sheet (or trajectory plot) or mp4")
+    p.add_argument("path", type=Path)
+    p.add_argument("--episode", type=int, required=True, help="episode index (negative counts from the end)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="OUT.png or OUT.mp4 (must not exist)")
+    p.add_argument("--camera", dest="camera_keys", nargs="+", action="extend", metavar="KEY",
+                   help="image keys to show (default: every *_rgb key)")
+    p.add_argument("--every", type=int, default=None, help="show every N-th step (default: fit 24 frames / all)")
+    p.set_defaults(func=_render)
+
+    p = sub.add_parser("import-dp", help="import a Diffusion Policy zarr (data/<key>, meta/episode_ends)")
+    p.add_argument("source", type=Path, metavar="SRC")
+    p.add_argument("-o", "--output", type=Path, required=True, help="new dataset path (must not exist)")
+    p.add_argument("--task", required=True, help="task name to record, e.g. PushT")
+    p.add_argument("--fps", type=float, required=True, help="control rate the source was recorded at")
+    p.add_argument("--map", dest="key_map", nargs="+", action="extend", default=[], metavar="SRC=DST",
+                   help="rename source keys (img=agentview_rgb); SRC= drops a key")
+    p.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
+    p.set_defaults(func=_import_dp)
+
+    p = sub.add_parser("import-robomimic", help="replay a robomimic HDF5 in the sim into a new dataset")
+    p.add_argument("source", type=Path, metavar="SRC.hdf5")
+    p.add_argument("-o", "--output", type=Path, required=True, help="new dataset path (must not exist)")
+    p.add_argument("--cameras", nargs="+", action="extend", default=[], metavar="CAM",
+                   help="robosuite cameras to render (agentview, robot0_eye_in_hand)")
+    p.add_argument("--image-size", type=int, default=84)
+    p.add_argument("--depth", action="store_true", help="also record <cam>_depth in mm")
+    p.add_argument("--limit", type=int, default=None, help="import only the first N demos")
+    p.add_argument("--use-model-xml", choices=("auto", "always", "never"), default="auto",
+                   help="reset to each demo's model_file XML (auto: only when the states do not fit our model)")
+    p.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
+    p.set_defaults(func=_import_robomimic)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -86,4 +131,48 @@ def _info(args: argparse.Namespace) -> int:
                 print(f"  {k}: {v}")
         else:
             print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from robo.data.tools import merge
+
+    n = merge(list(args.sources), args.output, success_only=args.success_only,
+              sources_filter=set(args.source_filter) if args.source_filter else None,
+              zarr_format=args.zarr_format, compression=args.compression, progress=True)
+    print(f"wrote {n} episodes to {args.output}")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from robo.data.tools import render_episode
+
+    out = render_episode(args.path, args.episode, args.output, camera_keys=args.camera_keys, every=args.every)
+    print(f"wrote {out}")
+    return 0
+
+
+def _import_dp(args: argparse.Namespace) -> int:
+    from robo.data.importers import import_diffusion_policy
+    from robo.data.schema import DatasetError
+
+    key_map: dict[str, str | None] = {}
+    for item in args.key_map:
+        if "=" not in item:
+            raise DatasetError(f"--map takes SRC=DST pairs, got '{item}'")
+        src, dst = item.split("=", 1)
+        key_map[src] = dst or None
+    n = import_diffusion_policy(args.source, args.output, task=args.task, fps=args.fps, key_map=key_map,
+                                zarr_format=args.zarr_format)
+    print(f"imported {n} episodes into {args.output}")
+    return 0
+
+
+def _import_robomimic(args: argparse.Namespace) -> int:
+    from robo.data.importers import RobomimicImportConfig, import_robomimic
+
+    config = RobomimicImportConfig(cameras=tuple(args.cameras), image_size=args.image_size, depth=args.depth,
+                                   limit=args.limit, use_model_xml=args.use_model_xml, zarr_format=args.zarr_format)
+    n = import_robomimic(args.source, args.output, config=config, progress=True)
+    print(f"imported {n} demos into {args.output}")
     return 0

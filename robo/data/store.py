@@ -32,8 +32,12 @@ from robo.data.schema import ACTION_KEY, ArraySpec, DatasetError, DatasetSchema,
 log = logging.getLogger(__name__)
 
 Compression = Literal["lz4", "zstd", "none"]
-_CHUNK_TARGET_BYTES = 1 << 20  # ~1 MiB per chunk: one 640x480 frame, ~50 84x84 frames, 1024 low-dim steps
+# Chunks of ~4 MiB: a few 640x480 frames, 64 84x84 frames, 1024 low-dim steps. Recording large frames one per
+# chunk cost ~1.5x more per step (one file write and rename each); image chunks stay short enough that a
+# 16-step window read from disk touches at most two.
+_CHUNK_TARGET_BYTES = 4 << 20
 _MAX_CHUNK_STEPS = 1024
+_MAX_IMAGE_CHUNK_STEPS = 64
 _LOCK_NAME = ".robo-writer.lock"
 # zarr skips chunks equal to the fill value by default, which would make a deleted chunk file indistinguishable
 # from a run of zeros. Every chunk of a robo dataset is written, so a missing one is detectable damage.
@@ -42,28 +46,32 @@ _EVERY_CHUNK = {"array.write_empty_chunks": True}
 
 
 def chunk_steps(spec: ArraySpec) -> int:
-    """Time-chunk length for an array: about 1 MiB per chunk, at least one step."""
+    """Time-chunk length for an array: about 4 MiB per chunk, at least one step."""
     step_bytes = max(1, int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize)
-    return int(np.clip(_CHUNK_TARGET_BYTES // step_bytes, 1, _MAX_CHUNK_STEPS))
+    cap = _MAX_IMAGE_CHUNK_STEPS if spec.is_image else _MAX_CHUNK_STEPS
+    return int(np.clip(_CHUNK_TARGET_BYTES // step_bytes, 1, cap))
 
 
 def _compressor(spec: ArraySpec, compression: Compression, zarr_format: int) -> dict[str, Any]:
-    """Blosc settings: lz4 keeps recording cheap on the control thread; zstd packs tighter for archives."""
+    """Blosc settings: lz4 keeps recording cheap on the control thread; zstd packs tighter for archives.
+
+    Shuffle choice, measured on 640x480 sim renders with camera-like noise (sigma 1.5): for uint8 images bit
+    shuffle gives 1.6-1.8x at 0.3-0.4 ms/frame where byte or no shuffle give ~1.05x at ~0.9 ms; multi-byte
+    values (depth in mm, floats) compress best with byte shuffle.
+    """
     if compression == "none":
         return {"compressors": None}
     itemsize = np.dtype(spec.dtype).itemsize
-    # Byte shuffle helps multi-byte numbers (depth in mm, floats); for uint8 images it only costs time.
-    shuffle = itemsize > 1
     clevel = 3 if compression == "zstd" else 1
     if zarr_format == 2:
         from numcodecs import Blosc
 
         return {"compressors": Blosc(cname=compression, clevel=clevel,
-                                     shuffle=Blosc.SHUFFLE if shuffle else Blosc.NOSHUFFLE)}
+                                     shuffle=Blosc.BITSHUFFLE if itemsize == 1 else Blosc.SHUFFLE)}
     from zarr.codecs import BloscCodec
 
     return {"compressors": BloscCodec(cname=compression, clevel=clevel, typesize=itemsize,
-                                      shuffle="shuffle" if shuffle else "noshuffle")}
+                                      shuffle="bitshuffle" if itemsize == 1 else "shuffle")}
 
 
 def _open_group(path: Path, mode: str) -> zarr.Group:
@@ -336,6 +344,7 @@ class EpisodeWriter:
         self._length = 0
         self._flushed_per_key = {k: 0 for k in self._specs}
         self._buffers: dict[str, list[np.ndarray]] = {k: [] for k in self._specs}
+        self._pending = {k: 0 for k in self._specs}  # buffered steps per key
         self._chunk = {k: int(dataset.array(k).chunks[0]) for k in self._specs}
         self._capacity = {k: int(dataset.array(k).shape[0]) for k in self._specs}
         self._open = True
@@ -378,6 +387,7 @@ class EpisodeWriter:
             checked[key] = value.astype(spec.dtype, copy=False)
         for key, value in checked.items():
             self._buffers[key].append(value)
+            self._pending[key] += n
         self._length += n
         self._flush(final=False)
 
@@ -386,8 +396,7 @@ class EpisodeWriter:
             if not buf:
                 continue
             written = self._start + self._flushed_per_key[key]
-            pending = sum(len(b) for b in buf)
-            end = written + pending
+            end = written + self._pending[key]
             # Flush up to the last chunk boundary, or everything at the end of the episode.
             upto = end if final else (end // self._chunk[key]) * self._chunk[key]
             if upto <= written:
@@ -401,6 +410,7 @@ class EpisodeWriter:
             arr[written:upto] = block[: upto - written]
             rest = block[upto - written:]
             self._buffers[key] = [rest] if len(rest) else []
+            self._pending[key] = len(rest)
             self._flushed_per_key[key] += upto - written
 
     def commit(self, info: EpisodeInfo) -> int:
