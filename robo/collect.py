@@ -21,7 +21,7 @@ from robo.data.store import ZarrDataset
 
 log = logging.getLogger(__name__)
 
-SourceName = Literal["scripted", "keyboard", "spacemouse", "real"]
+SourceName = Literal["scripted", "keyboard", "spacemouse"]
 
 
 @dataclass
@@ -30,7 +30,9 @@ class CollectConfig:
 
     output: Path = Path("data/demos/lift_lowdim.zarr")  # dataset to create, or to append to if it exists
     task: str = "Lift"  # Lift | PickPlaceCan | NutAssemblySquare
-    source: SourceName = "scripted"  # who chooses the actions
+    source: SourceName = "scripted"  # who chooses the actions (scripted needs the sim)
+    robot: Literal["sim", "real"] = "sim"  # sim: robosuite; real: the arm and cameras of --robot-config over ROS 2
+    robot_config: Path | None = None  # real robot YAML (default hardware/robots/panda_real.yaml)
     episodes: int = 20  # episodes to save (discarded ones do not count)
     seed: int = 0  # seed of the first episode; episode i uses seed + i
     cameras: tuple[str, ...] = ()  # e.g. ("agentview", "robot0_eye_in_hand"); empty = low-dim only
@@ -49,7 +51,7 @@ class CollectConfig:
 
     @property
     def is_realtime(self) -> bool:
-        return self.realtime if self.realtime is not None else self.source != "scripted"
+        return self.realtime if self.realtime is not None else (self.source != "scripted" or self.robot == "real")
 
 
 @dataclass
@@ -170,7 +172,7 @@ def record(env: Any, source: ActionSource, dataset: ZarrDataset, config: Collect
     stats = CollectStats()
     max_attempts = config.max_attempts or 3 * config.episodes
     seed = config.seed
-    fps = float(dataset.schema.fps)
+    fps = float(dataset.schema.fps) or 1.0
     bar = tqdm(total=config.episodes, desc=f"collect {config.task}", unit="ep", disable=not config.progress)
     started = time.perf_counter()
     quit_requested = False
@@ -180,13 +182,14 @@ def record(env: Any, source: ActionSource, dataset: ZarrDataset, config: Collect
             obs, _ = env.reset(seed=seed)
             source.reset(obs)
             writer = dataset.new_episode()
-            rate = RateKeeper(fps, enabled=config.is_realtime)
+            rate = RateKeeper(fps, enabled=config.is_realtime and dataset.schema.fps > 0)
             outcome, success = "running", False
             while outcome == "running":
                 proposal = source.step(obs)
                 events = proposal.events
                 if "quit" in events:
-                    outcome, quit_requested = ("save" if len(writer) else "discard"), True
+                    # Quitting mid-episode drops it: only an explicit save (or the env ending it) labels an episode.
+                    outcome, quit_requested = "discard", True
                 elif "redo" in events:
                     outcome = "redo"
                 elif "discard" in events:
@@ -237,37 +240,51 @@ def _extra(config: CollectConfig) -> dict[str, Any]:
             "hesitation_prob": config.hesitation_prob}
 
 
-def make_env_and_source(config: CollectConfig) -> tuple[Any, ActionSource]:
-    """Build the environment and the action source a config names."""
-    if config.source == "real":
-        raise DatasetError("the real-arm source is started from the robot's launch file (see docs/hardware.md); "
-                           "`robo collect` builds sim sources only")
-    from sim import EnvConfig, ExpertConfig, SimEnv, make_expert
+def _make_env(config: CollectConfig) -> Any:
+    if config.robot == "real":
+        from hardware.robot_config import DEFAULT_ROBOT, load_robot_config, make_real_env
 
-    env = SimEnv(EnvConfig(task=config.task, cameras=tuple(config.cameras), image_height=config.image_size,
-                           image_width=config.image_size, depth=config.depth))
+        if config.source == "scripted":
+            raise DatasetError("the scripted expert needs the simulator's privileged state; on the real arm use "
+                               "--source keyboard or --source spacemouse")
+        return make_real_env(load_robot_config(config.robot_config or DEFAULT_ROBOT))
+    from sim.env import EnvConfig, SimEnv
+
+    return SimEnv(EnvConfig(task=config.task, cameras=tuple(config.cameras), image_height=config.image_size,
+                            image_width=config.image_size, depth=config.depth))
+
+
+def make_source(config: CollectConfig, env: Any) -> ActionSource:
+    """The action source a config names, for an env built by ``_make_env``."""
     if config.source == "scripted":
-        expert = make_expert(env, ExpertConfig(action_noise_std=config.action_noise_std,
-                                               waypoint_jitter_m=config.waypoint_jitter_m,
-                                               hesitation_prob=config.hesitation_prob, seed=config.seed))
-        return env, ScriptedSource(expert)
+        from sim.experts import ExpertConfig, make_expert
+
+        return ScriptedSource(make_expert(env, ExpertConfig(action_noise_std=config.action_noise_std,
+                                                            waypoint_jitter_m=config.waypoint_jitter_m,
+                                                            hesitation_prob=config.hesitation_prob, seed=config.seed)))
     if config.source == "keyboard":
         from hardware.teleop import KeyboardTeleop
 
-        return env, TeleopSource(KeyboardTeleop())
+        return TeleopSource(KeyboardTeleop())
     if config.source == "spacemouse":
         from hardware.teleop import SpaceMouseTeleop
 
-        return env, TeleopSource(SpaceMouseTeleop())
-    raise DatasetError(f"unknown source '{config.source}'; choose scripted, keyboard, spacemouse or real")
+        return TeleopSource(SpaceMouseTeleop())
+    raise DatasetError(f"unknown source '{config.source}'; choose scripted, keyboard or spacemouse")
 
 
 def collect(config: CollectConfig) -> tuple[Path, CollectStats]:
     """Record ``config.episodes`` episodes into ``config.output``."""
-    env, source = make_env_and_source(config)
+    env = _make_env(config)
     try:
-        schema = DatasetSchema.from_spaces(env.observation_space, env.action_space, fps=env.control_freq,
-                                           task=config.task, robot_config=env.robot_config())
+        source = make_source(config, env)
+    except BaseException:
+        env.close()
+        raise
+    try:
+        robot = env.robot_config()
+        schema = DatasetSchema.from_spaces(env.observation_space, env.action_space, fps=float(robot["control_freq"]),
+                                           task=config.task, robot_config=robot)
         with open_or_create(Path(config.output), schema, config.zarr_format, config.compression) as dataset:
             stats = record(env, source, dataset, config)
     finally:
