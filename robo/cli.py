@@ -26,6 +26,27 @@ def _collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from robo.config_cli import explicit_values
+    from robo.train import TrainConfig, build_config, train
+
+    config = build_config(args.preset, explicit_values(TrainConfig, args))
+    summary = train(config)
+    print(f"trained {config.policy} for {summary['steps']} steps ({summary['samples_per_s']:.0f} samples/s); "
+          f"checkpoints in {summary['output_dir']}/best and /last")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from robo.evaluate import EvalConfig, evaluate_checkpoint
+
+    summary = evaluate_checkpoint(dataclass_from_args(EvalConfig, args))
+    lo, hi = summary["ci95"]
+    print(f"{summary['task']}: success {summary['success_rate']:.3f} over {summary['episodes']} episodes "
+          f"(95% CI {lo:.2f}-{hi:.2f}); results in {args.output_dir}")
+    return 0
+
+
 def _bench_store(args: argparse.Namespace) -> int:
     from robo.bench.store import StoreBenchConfig, run_store_bench
 
@@ -38,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     from robo.bench.store import StoreBenchConfig
     from robo.collect import CollectConfig
     from robo.data.cli import add_data_commands
+    from robo.evaluate import EvalConfig
     from robo.pipeline import PipelineConfig
+    from robo.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="robo", description="Robot learning stack: record, train, improve, deploy.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
@@ -53,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_collect)
 
     add_data_commands(sub)
+
+    p = sub.add_parser("train", help="behaviour cloning: diffusion, consistency or Gaussian policy")
+    p.add_argument("--preset", default=None, help="preset name in robo/presets or a YAML path (train: / policy:)")
+    add_dataclass_args(p, TrainConfig, skip=("policy_config",), only_explicit=True)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="simulated success rate of a checkpoint, with videos and a summary plot")
+    add_dataclass_args(p, EvalConfig)
+    p.set_defaults(func=_eval)
 
     bench = sub.add_parser("bench", help="benchmarks: a table, then one JSON line of figures")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -70,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, FileNotFoundError, ValueError) as exc:
+    except (DatasetError, FileNotFoundError, ValueError, RuntimeError) as exc:
         # Bad input gets one line saying what is wrong; -v shows the traceback.
         if args.verbose:
             raise

@@ -46,7 +46,10 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
+                       only_explicit: bool = False) -> None:
+    """Add ``--field`` flags for ``cls``. With ``only_explicit`` the namespace holds only flags the user gave, so
+    they can be layered over a preset (defaults < preset < command line)."""
     hints = typing.get_type_hints(cls)
     helps = _field_help(cls)
     for f in dataclasses.fields(cls):
@@ -56,6 +59,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         flag = "--" + f.name.replace("_", "-")
         text = f"{helps.get(f.name, '')} (default: {default})"
+        if only_explicit:
+            default = argparse.SUPPRESS
         origin = typing.get_origin(tp)
         if tp is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=text)
@@ -70,10 +75,15 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line mapping for {tp}")
 
 
-def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
+def explicit_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The ``cls`` fields present in ``args`` (all of them, or only the explicit ones with ``only_explicit``)."""
     values = {}
     for f in dataclasses.fields(cls):
         if f.init and hasattr(args, f.name):
             value = getattr(args, f.name)
             values[f.name] = tuple(value) if isinstance(value, list) else value
-    return cls(**values)
+    return values
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
+    return cls(**explicit_values(cls, args))
