@@ -43,6 +43,7 @@ class TrainConfig:
     dataset: Path = Path("data/demos/lift_lowdim.zarr")  # Zarr dataset to train on
     output_dir: Path = Path("data/runs/lift_diffusion")  # checkpoints, TensorBoard logs, plots
     policy: Literal["diffusion", "consistency", "gaussian"] = "diffusion"  # policy class
+    teacher: Path | None = None  # diffusion checkpoint to distil into a one-step consistency student (policy=consistency)
     obs_keys: tuple[str, ...] = ()  # observation keys; empty = the dataset's low-dim keys among DEFAULT_LOWDIM_KEYS
     n_obs: int = 2  # observation history
     horizon: int = 16  # predicted action chunk
@@ -92,8 +93,8 @@ def build_config(preset: str | None, overrides: dict[str, Any]) -> TrainConfig:
     unknown = set(values) - known
     if unknown:
         raise DatasetError(f"unknown training options {sorted(unknown)}")
-    for key in ("dataset", "output_dir"):
-        if key in values:
+    for key in ("dataset", "output_dir", "teacher"):
+        if values.get(key) is not None:
             values[key] = Path(values[key])
     if "obs_keys" in values:
         values["obs_keys"] = tuple(values["obs_keys"])
@@ -165,6 +166,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     out = Path(config.output_dir)
 
     dataset = ZarrDataset.open(config.dataset)
+    teacher = None
+    if config.teacher is not None:
+        if config.policy != "consistency":
+            raise DatasetError("--teacher distils a diffusion checkpoint into a consistency student; add --policy consistency")
+        teacher = load_checkpoint(config.teacher, device=device)  # EMA weights: the teacher we evaluate
+        # The student sees what the teacher saw, normalised the same way.
+        config.obs_keys, config.n_obs, config.horizon = tuple(teacher.spec.obs_keys), teacher.spec.n_obs, teacher.spec.horizon
     obs_keys = resolve_obs_keys(config, dataset)
     train_eps, val_eps = split_episodes(dataset.n_episodes, config.val_ratio, seed=config.seed)
     sampler_cfg = SamplerConfig(obs_keys=obs_keys, n_obs=config.n_obs, horizon=config.horizon)
@@ -174,7 +182,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     spec = PolicySpec.from_obs({k: (dataset.schema.obs[k].shape, dataset.schema.obs[k].dtype) for k in obs_keys},
                                dataset.schema.action.shape[0], n_obs=config.n_obs, horizon=config.horizon,
                                n_action_steps=config.n_action_steps)
-    policy = make_policy(config.policy, spec, normalizer, config.policy_config or None).to(device)
+    if teacher is not None:
+        from policies.consistency import ConsistencyPolicy
+
+        policy = ConsistencyPolicy.from_teacher(teacher).to(device)
+        teacher.requires_grad_(False)
+    else:
+        policy = make_policy(config.policy, spec, normalizer, config.policy_config or None).to(device)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))
@@ -182,6 +196,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     last_dir, best_dir = out / "last", out / "best"
     if config.resume and (last_dir / "trainer_state.pt").exists():
         policy = load_checkpoint(last_dir, device=device)
+        if teacher is not None:
+            policy.attach_teacher(teacher)
         params = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))
@@ -199,6 +215,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
         writer = SummaryWriter(str(out / "tb"))
     extra = {"task": dataset.schema.task, "dataset": str(config.dataset), "fps": dataset.schema.fps,
+             "teacher": str(config.teacher) if config.teacher else None,
              "robot_config": dataset.schema.robot_config, "train_episodes": int(len(train_eps))}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     history: dict[str, list] = {"step": [], "loss": [], "val_step": [], "val_loss": [], "eval_step": [], "success": []}
