@@ -54,8 +54,16 @@ def _bench_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_latency(args: argparse.Namespace) -> int:
+    from robo.bench.latency import LatencyBenchConfig, run_latency_bench
+
+    run_latency_bench(dataclass_from_args(LatencyBenchConfig, args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Imported here (cheap: dataclasses only) so the flags come from the same dataclasses the code uses.
+    from robo.bench.latency import LatencyBenchConfig
     from robo.bench.store import StoreBenchConfig
     from robo.collect import CollectConfig
     from robo.data.cli import add_data_commands
@@ -91,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("store", help="recording headroom and sampler throughput")
     add_dataclass_args(p, StoreBenchConfig)
     p.set_defaults(func=_bench_store)
+    p = bench_sub.add_parser("latency", help="per-chunk latency: DDPM 100, DDIM 10, one-step; low-dim and 2 cameras")
+    add_dataclass_args(p, LatencyBenchConfig)
+    p.set_defaults(func=_bench_latency)
     return parser
 
 
