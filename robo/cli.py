@@ -61,10 +61,18 @@ def _bench_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_train(args: argparse.Namespace) -> int:
+    from robo.bench.train import TrainBenchConfig, run_train_bench
+
+    run_train_bench(dataclass_from_args(TrainBenchConfig, args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Imported here (cheap: dataclasses only) so the flags come from the same dataclasses the code uses.
     from robo.bench.latency import LatencyBenchConfig
     from robo.bench.store import StoreBenchConfig
+    from robo.bench.train import TrainBenchConfig
     from robo.collect import CollectConfig
     from robo.data.cli import add_data_commands
     from robo.evaluate import EvalConfig
@@ -102,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("latency", help="per-chunk latency: DDPM 100, DDIM 10, one-step; low-dim and 2 cameras")
     add_dataclass_args(p, LatencyBenchConfig)
     p.set_defaults(func=_bench_latency)
+    p = bench_sub.add_parser("train", help="training samples per second, beside a baseline UNet")
+    add_dataclass_args(p, TrainBenchConfig)
+    p.set_defaults(func=_bench_train)
     return parser
 
 
