@@ -212,8 +212,10 @@ class NutAssemblySquareExpert(ScriptedExpert):
             self._phase(over_peg(top), p, _CLOSE, tol=0.02, timeout=100),
             # Line up precisely before going down: the nut's hole leaves the peg a few millimetres.
             self._phase(over_peg(top), p, _CLOSE, tol=0.004, hold=3, timeout=80, jitter=False),
+            # Carry the nut down onto the peg while holding it (the peg guides it), then let go.
             self._phase(over_peg(self.sim_env.table_offset[2] + 0.12), p, _CLOSE, tol=0.006, jitter=False),
-            self._phase(over_peg(self.sim_env.table_offset[2] + 0.12), p, _OPEN, tol=1.0, hold=10, jitter=False),
+            self._phase(over_peg(self.sim_env.table_offset[2] + 0.07), p, _CLOSE, tol=0.008, timeout=30, jitter=False),
+            self._phase(over_peg(self.sim_env.table_offset[2] + 0.07), p, _OPEN, tol=1.0, hold=10, jitter=False),
         ]
 
     def env_eef(self) -> np.ndarray:
