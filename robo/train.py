@@ -273,8 +273,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         elif done == config.steps:
             checkpoint(done, last_dir, {})
     bar.close()
+    best_json = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in best.items()}  # valid JSON
     summary = {"output_dir": str(out), "steps": config.steps, "obs_keys": list(obs_keys),
-               "samples_per_s": samples / max(time.perf_counter() - started, 1e-9), "best": best}
+               "samples_per_s": samples / max(time.perf_counter() - started, 1e-9), "best": best_json}
     if ddp.main:
         writer.close()
         if not best_dir.exists():  # no evaluation and no validation split: the last checkpoint is the best we know
