@@ -29,5 +29,7 @@ def make_vector_env(config: EnvConfig, num_envs: int, *, asynchronous: bool = Tr
     factories = [_Make(config) for _ in range(num_envs)]
     if not asynchronous or num_envs == 1:
         return gym.vector.SyncVectorEnv(factories)
-    # fork (Linux default): children only build robosuite envs, never touch the parent's torch or GL state.
-    return gym.vector.AsyncVectorEnv(factories)
+    # forkserver, not fork: a child forked from a process that already holds an EGL context (one that rendered
+    # camera observations, e.g. while collecting) deadlocks creating its own renderer. forkserver children come
+    # from a fresh server process with no GL or torch state. (Like spawn, it needs the main module to be a file.)
+    return gym.vector.AsyncVectorEnv(factories, context="forkserver")
