@@ -30,3 +30,20 @@ def test_collect_launch_command_parses_and_points_at_real_files():
 
     robot = load_robot_config(LAUNCH.parent / args.robot_config)
     assert robot.cameras[0].name == "agentview" and robot.env.control_hz == 20.0
+
+
+def test_robot_yaml_typos_are_refused_with_one_line(tmp_path):
+    import pytest
+
+    from hardware.robot_config import RobotConfigError, load_robot_config
+
+    bad = tmp_path / "robot.yaml"
+    bad.write_text("arm: {joint_state_topic: /js}\n")
+    with pytest.raises(RobotConfigError, match=r"arm: unknown keys \['joint_state_topic'\]"):
+        load_robot_config(bad)
+    bad.write_text("cameras: [{name: a, exposure: 3}]\n")
+    with pytest.raises(RobotConfigError, match=r"cameras\[0\]: unknown keys \['exposure'\]"):
+        load_robot_config(bad)
+    bad.write_text("arm: [1, 2\n")
+    with pytest.raises(RobotConfigError, match="not valid YAML"):
+        load_robot_config(bad)
