@@ -152,7 +152,7 @@ def _run_waves(venv: Any, runner: PolicyRunner, obs_keys: list[str], config: Eva
             obs, _, terminated, truncated, info = venv.step(actions.astype(np.float32))
             active = ~done
             length += active
-            success |= active & np.asarray(info.get("success", np.zeros(num_envs, bool)), bool)
+            success |= active & _step_success(info, num_envs)
             done |= terminated | truncated
         for i in range(n):
             successes.append(bool(success[i]))
@@ -166,6 +166,17 @@ def _run_waves(venv: Any, runner: PolicyRunner, obs_keys: list[str], config: Eva
     k = int(np.sum(successes))
     return EvalResult(success_rate=k / len(successes), ci95=wilson_interval(k, len(successes)),
                       episodes=len(successes), successes=successes, lengths=lengths, seeds=seeds, videos=videos)
+
+
+def _step_success(info: dict, num_envs: int) -> np.ndarray:
+    """Per-env success of this step under either gymnasium autoreset mode: with SAME_STEP, an env that just
+    finished reports its last step in ``final_info`` (and the new episode's reset info at top level)."""
+    success = np.asarray(info.get("success", np.zeros(num_envs, bool)), bool)
+    final = info.get("final_info")
+    if isinstance(final, dict) and "success" in final:
+        finished = np.asarray(info.get("_final_info", np.zeros(num_envs, bool)), bool)
+        success = np.where(finished, np.asarray(final["success"], bool), success)
+    return success
 
 
 def _write_video(frames: list[np.ndarray], out: Path, seed: int, success: bool) -> Path:
