@@ -102,9 +102,11 @@ class SimEnv(gym.Env):
 
     metadata: dict[str, Any] = {"render_modes": []}
 
-    def __init__(self, config: EnvConfig | None = None) -> None:
+    def __init__(self, config: EnvConfig | None = None, seed: int | None = None) -> None:
+        """`seed` is used by the first reset() that is given no seed (lets vector envs seed their workers)."""
         super().__init__()
         self.config = config if config is not None else EnvConfig()
+        self._pending_seed = seed
         self.config.validate()
         self.horizon = self.config.resolved_horizon()
         import robosuite
@@ -144,6 +146,9 @@ class SimEnv(gym.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        if seed is None and self._pending_seed is not None:
+            seed = self._pending_seed
+        self._pending_seed = None
         super().reset(seed=seed)
         if seed is not None:
             # robosuite's placement samplers and robot init noise all hold a reference to the *same* Generator
@@ -225,7 +230,10 @@ class SimEnv(gym.Env):
             scene_flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             scene_flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         renderer = self._frame_renderers[key]
-        renderer.update_scene(self._env.sim.data._data, camera=camera)
+        # Show visual geoms only (group 1), like robosuite's own renderer; group 0 holds the collision meshes.
+        option = mujoco.MjvOption()
+        option.geomgroup[0] = 0
+        renderer.update_scene(self._env.sim.data._data, camera=camera, scene_option=option)
         return renderer.render().copy()  # mujoco.Renderer already returns row 0 = top
 
     # ------------------------------------------------------------------ internals

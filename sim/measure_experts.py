@@ -1,52 +1,93 @@
-"""Success rate of the scripted experts over seeded episodes: ``python -m sim.measure_experts --episodes 100``."""
+"""Measure scripted-expert success rates over seeded episodes.
+
+    python -m sim.measure_experts --episodes 100                      # all tasks, seeds 0..99, clean experts
+    python -m sim.measure_experts --tasks NutAssemblySquare --episodes 20 --action-noise-std 0.1 --waypoint-jitter-m 0.01 \
+        --hesitation-prob 0.1
+
+Episodes are split across --workers processes (each builds its own env); results do not depend on the split
+because both the env and the expert noise are seeded per episode.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import multiprocessing as mp
 import os
+import time
+from dataclasses import asdict
 
-import numpy as np
 from tqdm import tqdm
 
-from sim.env import TASKS, EnvConfig, SimEnv
-from sim.experts import ExpertConfig, make_expert
+from sim.env import TASKS, EnvConfig
+from sim.experts.base import ExpertConfig
 
 
-def measure(task: str, episodes: int, seed: int, config: ExpertConfig, progress: bool = True) -> dict:
+def _worker(args: tuple[str, ExpertConfig, list[int]], queue: mp.Queue) -> None:
+    from sim.env import SimEnv
+    from sim.experts import make_expert, run_episode
+
+    task, expert_config, seeds = args
     env = SimEnv(EnvConfig(task=task))
-    successes, lengths = [], []
+    expert = make_expert(env, expert_config)
     try:
-        for ep in tqdm(range(episodes), desc=task, disable=not progress):
-            obs, _ = env.reset(seed=seed + ep)
-            expert = make_expert(env, ExpertConfig(**{**config.__dict__, "seed": seed + ep}))
-            expert.reset(obs)
-            done, success, steps = False, False, 0
-            while not done:
-                obs, _, terminated, truncated, info = env.step(expert.act(obs))
-                success, steps, done = info["success"], steps + 1, terminated or truncated
-            successes.append(success)
-            lengths.append(steps)
+        for seed in seeds:
+            success, steps = run_episode(env, expert, seed)
+            queue.put((seed, success, steps))
     finally:
         env.close()
-    return {"task": task, "episodes": episodes, "success_rate": float(np.mean(successes)),
-            "mean_length": float(np.mean(lengths)), "failed_seeds": [seed + i for i, s in enumerate(successes) if not s]}
 
 
-def main() -> None:
+def measure(task: str, expert_config: ExpertConfig, seeds: list[int], workers: int) -> dict[str, float]:
+    """Run one episode per seed; returns success rate, mean episode length and failing seeds."""
+    context = mp.get_context("forkserver")
+    queue = context.Queue()
+    chunks = [seeds[i::workers] for i in range(workers)]
+    procs = [context.Process(target=_worker, args=((task, expert_config, c), queue)) for c in chunks if c]
+    start = time.time()
+    for proc in procs:
+        proc.start()
+    results = []
+    with tqdm(total=len(seeds), desc=task, unit="ep") as bar:
+        while len(results) < len(seeds):
+            results.append(queue.get())
+            bar.update(1)
+            bar.set_postfix(success=f"{sum(r[1] for r in results) / len(results):.2f}")
+    for proc in procs:
+        proc.join()
+    successes = sum(r[1] for r in results)
+    return {
+        "success_rate": successes / len(seeds),
+        "mean_steps": sum(r[2] for r in results) / len(seeds),
+        "failed_seeds": sorted(r[0] for r in results if not r[1]),
+        "seconds": time.time() - start,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tasks", nargs="*", default=list(TASKS))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--action-noise-std", type=float, default=0.0)
-    parser.add_argument("--waypoint-jitter-m", type=float, default=0.0)
-    parser.add_argument("--hesitation-prob", type=float, default=0.0)
-    args = parser.parse_args()
-    knobs = ExpertConfig(action_noise_std=args.action_noise_std, waypoint_jitter_m=args.waypoint_jitter_m,
-                         hesitation_prob=args.hesitation_prob)
-    for task in args.tasks:
-        print(json.dumps(measure(task, args.episodes, args.seed, knobs)))
+    parser.add_argument("--start-seed", type=int, default=0)
+    parser.add_argument("--action-noise-std", "--noise", dest="noise", type=float, default=0.0)
+    parser.add_argument("--waypoint-jitter-m", "--jitter", dest="jitter", type=float, default=0.0)
+    parser.add_argument("--hesitation-prob", "--hesitation", dest="hesitation", type=float, default=0.0)
+    parser.add_argument("--expert-seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    config = ExpertConfig(
+        action_noise_std=args.noise, waypoint_jitter_m=args.jitter, hesitation_prob=args.hesitation,
+        seed=args.expert_seed,
+    )
+    seeds = list(range(args.start_seed, args.start_seed + args.episodes))
+    print(f"expert config: {asdict(config)}; seeds {seeds[0]}..{seeds[-1]}")
+    summary = {task: measure(task, config, seeds, args.workers) for task in args.tasks}
+    for task, result in summary.items():
+        print(
+            f"{task:<18} success {result['success_rate']:.1%} ({round(result['success_rate'] * len(seeds))}/"
+            f"{len(seeds)})  mean steps {result['mean_steps']:.0f}  {result['seconds']:.0f} s  "
+            f"failed seeds {result['failed_seeds']}"
+        )
 
 
 if __name__ == "__main__":

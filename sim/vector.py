@@ -1,35 +1,50 @@
-"""Vectorised simulated envs in subprocesses (gymnasium's AsyncVectorEnv; one robosuite env per process)."""
+"""Subprocess-vectorised SimEnv through gymnasium's AsyncVectorEnv.
+
+Autoreset mode: SAME_STEP. When a sub-env terminates or truncates, the step that ended the episode already
+returns the first observation of the next episode, and the last observation of the finished episode is in
+`info["final_obs"]` (with `info["final_info"]`, masked by `info["_final_obs"]`). We prefer it over gymnasium's
+default NEXT_STEP because NEXT_STEP inserts a step whose action is ignored, which silently corrupts recorded
+(obs, action) pairs and RL bootstrapping unless every caller special-cases it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Sequence
+
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
 from sim.env import EnvConfig, SimEnv
 
 
-class _Make:
-    """Picklable env factory (a lambda would not survive the 'spawn' start method)."""
+def make_vector_env(
+    config: EnvConfig,
+    num_envs: int,
+    seeds: Sequence[int] | int | None = None,
+    *,
+    asynchronous: bool = True,
+    context: str = "forkserver",
+) -> VectorEnv:
+    """AsyncVectorEnv with `num_envs` SimEnv workers (SyncVectorEnv in-process if not `asynchronous`).
 
-    def __init__(self, config: EnvConfig):
-        self.config = config
-
-    def __call__(self) -> SimEnv:
-        return SimEnv(self.config)
-
-
-def make_vector_env(config: EnvConfig, num_envs: int, *, asynchronous: bool = True) -> Any:
-    """``num_envs`` copies of ``config`` stepping in parallel.
-
-    Autoreset is NEXT_STEP (gymnasium's default): the step after an episode ends resets that env and ignores its
-    action. Callers that run whole episodes in lockstep (evaluation) simply stop reading an env once it is done.
-    ``info["success"]`` arrives as a (num_envs,) bool array.
+    seeds: one seed per worker, or a base seed (worker i gets base + i), or None (unseeded). The seed applies to
+        each worker's first reset(); later autoresets continue that worker's random stream, so a whole run is
+        reproducible from the seeds. Passing `seed=` to the vector env's reset() overrides it, as usual.
+    context: multiprocessing start method. Not "fork": a child forked from a process that already holds an EGL
+        context (one that rendered camera observations) deadlocks creating its own renderer. "forkserver" children
+        come from a fresh server process; like "spawn", it needs the main module to be importable (a file).
     """
-    import gymnasium as gym
-
-    factories = [_Make(config) for _ in range(num_envs)]
-    if not asynchronous or num_envs == 1:
-        return gym.vector.SyncVectorEnv(factories)
-    # forkserver, not fork: a child forked from a process that already holds an EGL context (one that rendered
-    # camera observations, e.g. while collecting) deadlocks creating its own renderer. forkserver children come
-    # from a fresh server process with no GL or torch state. (Like spawn, it needs the main module to be a file.)
-    return gym.vector.AsyncVectorEnv(factories, context="forkserver")
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    if seeds is None:
+        per_env: list[int | None] = [None] * num_envs
+    elif isinstance(seeds, int):
+        per_env = [seeds + i for i in range(num_envs)]
+    else:
+        per_env = [int(s) for s in seeds]
+        if len(per_env) != num_envs:
+            raise ValueError(f"got {len(per_env)} seeds for {num_envs} envs")
+    env_fns = [functools.partial(SimEnv, config, seed) for seed in per_env]
+    if not asynchronous:
+        return SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    return AsyncVectorEnv(env_fns, context=context, autoreset_mode=AutoresetMode.SAME_STEP)
