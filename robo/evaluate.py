@@ -63,14 +63,13 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-_CAMERA_FOR_PREFIX = {"agentview": "agentview", "eye_in_hand": "robot0_eye_in_hand"}
-
-
 def cameras_for(obs_keys: list[str]) -> tuple[str, ...]:
     """The sim cameras a policy's observation keys need (``agentview_rgb`` -> ``agentview``)."""
+    from sim.env import CAMERA_KEY_PREFIX
+
     cams = []
     for key in obs_keys:
-        for prefix, cam in _CAMERA_FOR_PREFIX.items():
+        for cam, prefix in CAMERA_KEY_PREFIX.items():
             if key.startswith(prefix + "_") and cam not in cams:
                 cams.append(cam)
     return tuple(cams)
