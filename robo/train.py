@@ -262,7 +262,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         evaluate_now = config.eval_episodes > 0 and (
             done == config.steps or (config.eval_every and done % config.eval_every == 0))
         if evaluate_now:
-            result = _evaluate_in_sim(policy, config, dataset.schema.task, best_dir.parent / f"eval_{done}")
+            result = _evaluate_in_sim(policy, config, dataset.schema.task, out / f"eval_{done}")
             writer.add_scalar("eval/success_rate", result["success_rate"], done)
             history["eval_step"].append(done)
             history["success"].append(result["success_rate"])
