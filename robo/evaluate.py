@@ -4,7 +4,11 @@ rollout videos and a PNG summary.
 Episodes run in waves of ``num_envs`` sub-process environments stepping in lockstep; the policy is called once
 per wave step for all of them through the same :class:`hardware.runner.PolicyRunner` the ROS node uses, so the
 evaluated observation history and chunk execution are the deployed ones. Evaluation seeds start at 10 000 so they
-never coincide with the demonstration seeds (0, 1, ...).
+never coincide with the demonstration seeds (0, 1, ...); in-training selection uses validation seeds from
+90 000 (``VALIDATION_SEED_OFFSET``), so the checkpoint picked is never scored on the reported test episodes.
+
+Reproducible: the environments are seeded per episode and the policy's sampling noise per wave (from the
+evaluation seed and the wave's first episode), so the same command gives the same per-episode outcomes.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from tqdm import tqdm
 
 from hardware.runner import Hold, PolicyRunner, RunnerConfig
 
-EVAL_SEED_OFFSET = 10_000
+EVAL_SEED_OFFSET = 10_000  # test episodes: robo eval and every reported figure
+VALIDATION_SEED_OFFSET = 90_000  # in-training selection episodes, disjoint from the test seeds
 
 
 @dataclass
@@ -76,7 +81,7 @@ def cameras_for(obs_keys: list[str]) -> tuple[str, ...]:
 
 
 class _PolicyAdapter:
-    """numpy in, numpy out, no autograd: what the runner calls."""
+    """numpy in, numpy out, no autograd: what the runner calls. Sampling noise comes from a seeded generator."""
 
     def __init__(self, policy: Any, steps: int, scheduler: str):
         self.policy, self.kwargs = policy, {}
@@ -84,10 +89,15 @@ class _PolicyAdapter:
             self.kwargs["steps"] = steps
         if scheduler:
             self.kwargs["scheduler"] = scheduler
+        self.generator = torch.Generator()
+
+    def reseed(self, *entropy: int) -> None:
+        """Restart the policy's noise stream from ``entropy`` (e.g. the evaluation seed and a wave index)."""
+        self.generator.manual_seed(int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0] >> 1))
 
     @torch.no_grad()
     def predict(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.policy.predict(obs, **self.kwargs).detach().float().cpu().numpy()
+        return self.policy.predict(obs, generator=self.generator, **self.kwargs).detach().float().cpu().numpy()
 
 
 def evaluate_policy(policy: Any, config: EvalConfig) -> dict[str, Any]:
@@ -112,10 +122,10 @@ def evaluate_policy(policy: Any, config: EvalConfig) -> dict[str, Any]:
         check_against(policy, {k: (obs_space[k].shape, str(obs_space[k].dtype)) for k in obs_space.spaces},
                       venv.single_action_space.shape[0])
         runner_cfg = RunnerConfig(n_obs=spec.n_obs, n_action_steps=config.n_action_steps or spec.n_action_steps)
-        runner = PolicyRunner(_PolicyAdapter(policy, config.inference_steps, config.scheduler),
-                              {k: (tuple(obs_space[k].shape), str(obs_space[k].dtype)) for k in obs_keys},
+        adapter = _PolicyAdapter(policy, config.inference_steps, config.scheduler)
+        runner = PolicyRunner(adapter, {k: (tuple(obs_space[k].shape), str(obs_space[k].dtype)) for k in obs_keys},
                               runner_cfg, batch=num_envs)
-        result = _run_waves(venv, runner, obs_keys, config, num_envs)
+        result = _run_waves(venv, runner, adapter, obs_keys, config, num_envs)
     finally:
         venv.close()
     out = Path(config.output_dir)
@@ -126,7 +136,8 @@ def evaluate_policy(policy: Any, config: EvalConfig) -> dict[str, Any]:
     return summary
 
 
-def _run_waves(venv: Any, runner: PolicyRunner, obs_keys: list[str], config: EvalConfig, num_envs: int) -> EvalResult:
+def _run_waves(venv: Any, runner: PolicyRunner, adapter: _PolicyAdapter, obs_keys: list[str], config: EvalConfig,
+               num_envs: int) -> EvalResult:
     successes, lengths, seeds, videos = [], [], [], []
     bar = tqdm(total=config.episodes, desc="eval", unit="ep", disable=not config.progress)
     for wave_start in range(0, config.episodes, num_envs):
@@ -134,6 +145,7 @@ def _run_waves(venv: Any, runner: PolicyRunner, obs_keys: list[str], config: Eva
         wave_seeds = [config.seed + wave_start + i for i in range(num_envs)]
         obs, _ = venv.reset(seed=wave_seeds)
         runner.reset()
+        adapter.reseed(config.seed, wave_start)
         done = np.zeros(num_envs, bool)
         success = np.zeros(num_envs, bool)
         length = np.zeros(num_envs, int)
@@ -197,7 +209,9 @@ def plot_summary(result: EvalResult, task: str, path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [1, 2]})
     lo, hi = result.ci95
-    left.bar([0], [result.success_rate], yerr=[[result.success_rate - lo], [hi - result.success_rate]],
+    # The Wilson bounds can round a hair past the rate (e.g. 6/6 gives hi = 1.0 - 1e-17): errors never go negative.
+    errors = [[max(0.0, result.success_rate - lo)], [max(0.0, hi - result.success_rate)]]
+    left.bar([0], [result.success_rate], yerr=errors,
              color="tab:green", capsize=8, width=0.5)
     left.set(xticks=[], ylim=(0, 1.05), ylabel="success rate",
              title=f"{task}: {sum(result.successes)}/{result.episodes} ({lo:.2f}-{hi:.2f} 95% CI)")
