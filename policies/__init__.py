@@ -16,7 +16,7 @@ _EXPORTS = {
     "CheckpointMismatch": "policies.spec",
     "Policy": "policies.base",
     "DenoisingPolicy": "policies.base",
-    "make_policy": "policies.base",
+    "make_policy": "policies.registry",
     "DiffusionPolicy": "policies.diffusion",
     "DiffusionPolicyConfig": "policies.diffusion",
     "ConsistencyPolicy": "policies.consistency",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -75,6 +75,23 @@ class PolicyBase(nn.Module):
         if self.ema is not None:
             self.ema.copy_to(self.parameters())
 
+    @contextlib.contextmanager
+    def shipped_weights(self) -> Iterator[PolicyBase]:
+        """Temporarily run the weights that ship (the EMA when there is one), in eval mode; training weights and
+        mode come back afterwards, bit for bit. In-training validation and selection score these, never the raw
+        weights, so ``best`` is chosen by the model that ``robo eval`` and the robot load."""
+        was_training = self.training
+        self.eval()
+        if self.ema is not None:
+            self.ema.store(self.parameters())
+            self.ema.copy_to(self.parameters())
+        try:
+            yield self
+        finally:
+            if self.ema is not None:
+                self.ema.restore(self.parameters())
+            self.train(was_training)
+
     def to(self, *args: Any, **kwargs: Any) -> PolicyBase:
         super().to(*args, **kwargs)
         if self.ema is not None:  # EMAModel keeps plain tensors, not registered buffers
@@ -94,9 +111,11 @@ class PolicyBase(nn.Module):
                 raise KeyError(f"observation '{key}' missing (got {sorted(obs)})")
             value = torch.as_tensor(np.asarray(obs[key]) if not torch.is_tensor(obs[key]) else obs[key],
                                     device=self.device)
-            if value.ndim != len(self.spec.obs_keys[key][0]) + 2:
-                raise ValueError(f"observation '{key}' must be (B, n_obs, {self.spec.obs_keys[key][0]}), "
-                                 f"got {tuple(value.shape)}")
+            shape = tuple(self.spec.obs_keys[key][0])
+            if value.ndim != len(shape) + 2 or tuple(value.shape[2:]) != shape:
+                raise ValueError(f"observation '{key}' must be (B, n_obs, {', '.join(map(str, shape))}), got "
+                                 f"{tuple(value.shape)}; the encoder was built for that size: resize the source "
+                                 f"or retrain")
             out[key] = self.normalizer.normalize(key, value.float())
         return out
 
@@ -106,59 +125,3 @@ class PolicyBase(nn.Module):
 
     def unnormalize_action(self, action: torch.Tensor) -> torch.Tensor:
         return self.normalizer.unnormalize(ACTION_KEY, action)
-
-
-# --- typed config dataclasses <-> JSON -----------------------------------------------------------------------------
-def config_to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a (nested) config dataclass from JSON; lists become tuples where the field is a tuple.
-
-    Unknown keys are refused so that a checkpoint written by a newer format cannot be half-read.
-    """
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{cls.__name__} has no fields {unknown}")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = config_from_dict(hint, value)
-        elif isinstance(value, list) and (typing.get_origin(hint) is tuple or hint is tuple):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def config_class(kind: str) -> type:
-    if kind == "diffusion":
-        from policies.diffusion import DiffusionPolicyConfig
-        return DiffusionPolicyConfig
-    if kind == "consistency":
-        from policies.consistency import ConsistencyPolicyConfig
-        return ConsistencyPolicyConfig
-    if kind == "gaussian":
-        from policies.gaussian import GaussianPolicyConfig
-        return GaussianPolicyConfig
-    raise ValueError(f"unknown policy kind '{kind}' (use 'diffusion', 'consistency' or 'gaussian')")
-
-
-def make_policy(kind: str, spec: PolicySpec, normalizer: Normalizer, config: Any = None) -> PolicyBase:
-    """Build a policy; ``config`` is the kind's config dataclass, a dict of its fields, or None for defaults."""
-    cfg_cls = config_class(kind)
-    if config is None:
-        config = cfg_cls()
-    elif isinstance(config, dict):
-        config = config_from_dict(cfg_cls, config)
-    if kind == "diffusion":
-        from policies.diffusion import DiffusionPolicy
-        return DiffusionPolicy(spec, normalizer, config)
-    if kind == "consistency":
-        from policies.consistency import ConsistencyPolicy
-        return ConsistencyPolicy(spec, normalizer, config)
-    from policies.gaussian import GaussianPolicy
-    return GaussianPolicy(spec, normalizer, config)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,8 @@ from policies.spec import PolicySpec
 
 @dataclass
 class ConsistencyPolicyConfig:
+    # Fields that only steer sampling: a checkpoint's config.json may change them after training.
+    inference_fields: ClassVar[tuple[str, ...]] = ("inference_steps",)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # observation encoder
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)  # network F ("unet" or "mlp")
     mode: str = "ct"  # "ct" (consistency training from data) or "distilled" (from a DiffusionPolicy teacher)

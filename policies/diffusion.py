@@ -9,7 +9,7 @@ normalised action space; shape (B, K).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,9 @@ _LOG_SQRT_2PI = 0.5 * float(torch.log(torch.tensor(2 * torch.pi)))
 
 @dataclass
 class DiffusionPolicyConfig:
+    # Fields that only steer sampling: a checkpoint's config.json may change them after training.
+    inference_fields: ClassVar[tuple[str, ...]] = ("num_inference_steps", "eta", "chain_eta", "sigma_min",
+                                                   "clip_sample")
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # observation encoder
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)  # "unet" or "mlp" and their widths
     num_train_timesteps: int = 100  # DDPM training steps

@@ -7,7 +7,7 @@ chain's per-step log-probs); ``log_prob`` takes raw actions and normalises them 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from policies.spec import PolicySpec
 
 @dataclass
 class GaussianPolicyConfig:
+    inference_fields: ClassVar[tuple[str, ...]] = ()  # every field shapes what the weights compute
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # observation encoder
     hidden: tuple[int, ...] = (256, 256)  # MLP hidden widths
     loss: str = "nll"  # "nll" (learns mean and std) or "mse" (BC on the mean; std only moves under RL)

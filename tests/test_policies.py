@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from policies.base import DenoisingPolicy, Policy, make_policy
+from policies.base import DenoisingPolicy, Policy
+from policies.registry import make_policy
 from policies.checkpoint import check_against, load_checkpoint, save_checkpoint
 from policies.consistency import ConsistencyPolicy, ConsistencyPolicyConfig
 from policies.denoisers import DenoiserConfig
@@ -143,37 +144,6 @@ def test_checkpoint_round_trip(tmp_path, name, obs_type):
 
 def assert_one_line(err: pytest.ExceptionInfo) -> None:
     assert "\n" not in str(err.value) and len(str(err.value)) < 400, str(err.value)
-
-
-def test_checkpoint_refusals(tmp_path):
-    policy = build("diffusion-unet", "lowdim")
-    path = save_checkpoint(tmp_path / "ck", policy)
-    good = json.loads((path / "config.json").read_text())
-
-    def write(cfg):
-        (path / "config.json").write_text(json.dumps(cfg))
-
-    for mutate, words in [
-        (lambda c: c.pop("normalizer"), "normaliser"),
-        (lambda c: c["normalizer"].pop("action"), "normaliser"),
-        (lambda c: c.update(format_version=99), "format version"),
-        (lambda c: c["policy_config"]["denoiser"].update(widths=[16, 64]), "shape"),
-        (lambda c: c["policy_config"]["denoiser"].update(blocks_per_level=2), "do not match"),
-        (lambda c: c.update(policy_kind="gaussian"), "cannot be rebuilt"),
-    ]:
-        cfg = json.loads(json.dumps(good))
-        mutate(cfg)
-        write(cfg)
-        with pytest.raises(CheckpointError) as err:
-            load_checkpoint(path)
-        assert_one_line(err)
-        assert words in str(err.value), str(err.value)
-    write(good)
-    load_checkpoint(path)  # restored config loads again
-    (path / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="missing") as err:
-        load_checkpoint(path)
-    assert_one_line(err)
 
 
 def test_check_against_refuses_mismatched_obs():
