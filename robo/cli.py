@@ -47,6 +47,15 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from robo.export import ExportConfig, export
+
+    manifest = export(dataclass_from_args(ExportConfig, args))
+    print(f"artifact {args.output} ({manifest['policy']['kind']}, {manifest['control_rate_hz']:g} Hz, "
+          f"content {manifest['content_sha256'][:16]})")
+    return 0
+
+
 def _bench_store(args: argparse.Namespace) -> int:
     from robo.bench.store import StoreBenchConfig, run_store_bench
 
@@ -76,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     from robo.collect import CollectConfig
     from robo.data.cli import add_data_commands
     from robo.evaluate import EvalConfig
+    from robo.export import ExportConfig
     from robo.pipeline import PipelineConfig
     from robo.train import TrainConfig
 
@@ -101,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="simulated success rate of a checkpoint, with videos and a summary plot")
     add_dataclass_args(p, EvalConfig)
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="the deploy artifact the ROS node loads (weights, spec, limits, provenance)")
+    add_dataclass_args(p, ExportConfig)
+    p.set_defaults(func=_export)
 
     bench = sub.add_parser("bench", help="benchmarks: a table, then one JSON line of figures")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

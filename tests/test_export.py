@@ -1,0 +1,170 @@
+"""The deploy artifact: what is exported runs bit-identically after loading, and anything that does not match (hash,
+spec, version, the robot it is loaded for, a failed student gate) is refused in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from policies.artifact import ArtifactError, content_hash, is_artifact, load_artifact, save_artifact
+from policies.checkpoint import save_checkpoint
+from policies.consistency import ConsistencyPolicy
+from policies.spec import CheckpointError, CheckpointMismatch
+from robo.export import DEFAULT_SAFETY_LIMITS, ExportConfig, ExportError, export
+from test_policies import assert_one_line, build, make_batch, predict_seeded
+
+torch.set_num_threads(1)
+
+PROVENANCE = {"task": "Lift", "dataset": "demos.zarr", "stages": [{"name": "bc", "success_rate": 0.5}]}
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    policy = build("diffusion-mlp", "lowdim")
+    student = ConsistencyPolicy.from_teacher(policy)
+    student.use_ema_weights()
+    manifest = save_artifact(tmp_path / "art", student, control_rate_hz=20.0, safety_limits=DEFAULT_SAFETY_LIMITS,
+                             provenance=PROVENANCE)
+    return student, tmp_path / "art", manifest
+
+
+def _rewrite(path, mutate, rehash=True):
+    manifest = json.loads((path / "artifact.json").read_text())
+    mutate(manifest)
+    if rehash:
+        manifest["content_sha256"] = content_hash(manifest)
+    (path / "artifact.json").write_text(json.dumps(manifest))
+
+
+def test_round_trip_is_bit_identical(artifact):
+    student, path, manifest = artifact
+    assert is_artifact(path)
+    loaded, read = load_artifact(path)
+    obs = make_batch("lowdim")["obs"]
+    assert torch.equal(predict_seeded(loaded, obs), predict_seeded(student, obs))
+    assert read["content_sha256"] == manifest["content_sha256"]
+    assert read["n_obs"] == 2 and read["n_action_steps"] == 4 and read["control_rate_hz"] == 20.0
+    assert read["safety_limits"]["max_delta_pos_m"] == 0.05 and read["provenance"]["task"] == "Lift"
+    assert set(read["observation"]) == {"eef_pos", "gripper_qpos"} and read["action"]["dim"] == 4
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+REFUSALS = {
+    "edited without rehash": (lambda m: m.update(control_rate_hz=50.0), False, "content hash"),
+    "version": (lambda m: m.update(format_version=7), True, "format version 7"),
+    "format": (lambda m: m.update(format="something-else"), True, "not a robo-deploy-artifact"),
+    "n_obs": (lambda m: m.update(n_obs=3), True, "n_obs=3"),
+    "n_action_steps": (lambda m: m.update(n_action_steps=1), True, "n_action_steps=1"),
+    "obs spec": (lambda m: m["observation"]["eef_pos"].update(shape=[4]), True, "observation"),
+    "action dim": (lambda m: m["action"].update(dim=7), True, "action dim 7"),
+    "missing limits": (lambda m: m.pop("safety_limits"), True, "safety_limits"),
+    "normaliser": (lambda m: m["policy"]["normalizer"].pop("action"), True, "blind policy"),
+    "weights hash": (lambda m: m.update(weights_sha256="0" * 64), True, "SHA-256 differs"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusals(artifact, case):
+    _, path, _ = artifact
+    mutate, rehash, words = REFUSALS[case]
+    _rewrite(path, mutate, rehash)
+    with pytest.raises(ArtifactError) as err:
+        load_artifact(path)
+    assert_one_line(err)
+    assert words in str(err.value), str(err.value)
+
+
+def test_swapped_weights_are_refused(artifact, tmp_path):
+    student, path, _ = artifact
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.01)
+    save_artifact(tmp_path / "other", student, control_rate_hz=20.0, safety_limits=DEFAULT_SAFETY_LIMITS,
+                  provenance=PROVENANCE)
+    shutil.copy(tmp_path / "other" / "model.safetensors", path / "model.safetensors")
+    with pytest.raises(ArtifactError, match="SHA-256 differs"):
+        load_artifact(path)
+
+
+def test_refuses_a_robot_it_was_not_built_for(artifact):
+    _, path, _ = artifact
+    good = {"eef_pos": ((3,), "float32"), "gripper_qpos": ((2,), "float32"), "joint_pos": ((7,), "float32")}
+    load_artifact(path, expect_obs=good, expect_action_dim=4, expect_control_rate_hz=20.0)
+    for kwargs, words in (({"expect_obs": {"eef_pos": ((3,), "float32")}}, "gripper_qpos"),
+                          ({"expect_action_dim": 7}, "action size 7"),
+                          ({"expect_control_rate_hz": 10.0}, "10.0 Hz")):
+        with pytest.raises(CheckpointMismatch) as err:
+            load_artifact(path, **kwargs)
+        assert_one_line(err)
+        assert words in str(err.value)
+
+
+def test_missing_files_and_bad_limits(tmp_path, artifact):
+    student, path, _ = artifact
+    (path / "model.safetensors").unlink()
+    with pytest.raises(ArtifactError, match="model.safetensors is missing"):
+        load_artifact(path)
+    with pytest.raises(ArtifactError, match="safety limits"):
+        save_artifact(tmp_path / "x", student, control_rate_hz=20.0, safety_limits={}, provenance={})
+    with pytest.raises(ArtifactError, match="control rate"):
+        save_artifact(tmp_path / "x", student, control_rate_hz=0.0, safety_limits={"a": 1}, provenance={})
+
+
+@pytest.fixture
+def chain(tmp_path):
+    """A BC checkpoint and a student distilled from it, as robo train writes them."""
+    teacher = build("diffusion-mlp", "lowdim")
+    bc = save_checkpoint(tmp_path / "bc", teacher, {"task": "Lift", "dataset": "d.zarr", "fps": 20,
+                                                     "success_rate": 0.4, "eval_episodes": 20})
+    student = ConsistencyPolicy.from_teacher(teacher)
+    st = save_checkpoint(tmp_path / "st", student, {"task": "Lift", "dataset": "d.zarr", "fps": 20,
+                                                     "teacher": str(bc), "success_rate": 0.38})
+    return bc, st
+
+
+def test_export_records_the_whole_chain(tmp_path, chain):
+    bc, st = chain
+    manifest = export(ExportConfig(checkpoint=st, output=tmp_path / "art"))
+    stages = manifest["provenance"]["stages"]
+    assert [s["checkpoint"] for s in stages] == [str(st), str(bc)]
+    assert [s["success_rate"] for s in stages] == [0.38, 0.4]
+    assert manifest["control_rate_hz"] == 20.0 and manifest["policy"]["kind"] == "consistency"
+    policy, _ = load_artifact(tmp_path / "art")
+    assert policy.kind == "consistency"
+
+
+def test_export_refuses_a_failed_gate(tmp_path, chain):
+    _, st = chain
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"student_gate": {"passed": False, "reason": "student 0.80 vs teacher 0.90"}}))
+    with pytest.raises(ExportError, match="does not ship"):
+        export(ExportConfig(checkpoint=st, output=tmp_path / "art", gate_report=report))
+    assert not (tmp_path / "art").exists()
+    report.write_text(json.dumps({"student_gate": {"passed": True, "reason": "within 2 points"}}))
+    manifest = export(ExportConfig(checkpoint=st, output=tmp_path / "art", gate_report=report))
+    assert manifest["provenance"]["student_gate"]["passed"]
+
+
+def test_cli_export_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "robo.cli", "export", "--checkpoint", str(tmp_path / "nope"),
+                           "--output", str(tmp_path / "art")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "not a checkpoint" in proc.stderr
+
+
+def test_artifact_module_needs_no_robo():
+    code = "import sys, policies.artifact; bad = [m for m in sys.modules if m.split('.')[0] in ('robo', 'sim', " \
+           "'hardware')]; assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_checkpoint_is_not_an_artifact(tmp_path, chain):
+    _, st = chain
+    assert not is_artifact(st)
+    with pytest.raises(CheckpointError, match="artifact.json is missing"):
+        load_artifact(st)
