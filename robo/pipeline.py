@@ -1,27 +1,36 @@
 """``robo pipeline``: the whole simulated path on the embedded default, one stage after another.
 
-Stages: record scripted demonstrations, validate the store, train a diffusion policy, distil it to a one-step
-student, evaluate both in simulation. Offline improvement, online refinement and deployment join as they land,
-each reading what the previous stage wrote under ``output_dir``.
+The run is a plain list of stages (``STAGES`` at the bottom). Each stage reads what earlier stages wrote under
+``output_dir``, writes its own outputs there, and returns the figures it adds to ``summary.json``. When a stage
+finishes, ``output_dir/stages/<name>.json`` records that (with its figures), so running the same command again
+resumes: finished stages are skipped, an interrupted one starts again (recording tops up the demonstrations it
+already has; training continues from its ``last/`` checkpoint). A second run with different options does not
+touch the first: it starts a new run folder beside it (``data/pipeline-2``) and says so. Adding a stage means
+writing one function ``(config, run) -> dict`` and one line in ``STAGES``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-from robo.collect import CollectConfig, collect
-from robo.data.integrity import check
 from robo.data.schema import DatasetError
 
 log = logging.getLogger(__name__)
 
+# The options that decide what a run computes: a re-run resumes only when these match the recorded ones.
+_NOT_RUN_DEFINING = ("output_dir", "progress", "new_run")
+
 
 @dataclass
 class PipelineConfig:
-    output_dir: Path = Path("data/pipeline")  # everything the run writes lands here
+    output_dir: Path = Path("data/pipeline")  # everything the run writes lands here; a re-run resumes it
     task: str = "Lift"  # simulated task
     demos: int = 50  # scripted demonstrations to record
     seed: int = 0  # first episode seed
@@ -29,48 +38,192 @@ class PipelineConfig:
     train_steps: int = 3000  # diffusion policy optimiser steps (lowdim_diffusion preset otherwise)
     distill_steps: int = 1000  # one-step student optimiser steps
     eval_episodes: int = 50  # simulated evaluation episodes per policy
+    new_run: bool = False  # start a new run folder (output_dir-2, -3, ...) instead of resuming output_dir
     progress: bool = True  # progress bars
 
 
-def run_pipeline(config: PipelineConfig) -> dict:
-    out = Path(config.output_dir)
-    dataset_path = out / f"{config.task.lower()}_demos.zarr"
-    if dataset_path.exists():
-        raise DatasetError(f"{dataset_path} exists from an earlier run; pass a new --output-dir or delete it")
-    print(f"[1/5] recording {config.demos} scripted {config.task} demonstrations -> {dataset_path}")
-    _, stats = collect(CollectConfig(output=dataset_path, task=config.task, episodes=config.demos, seed=config.seed,
-                                     cameras=config.cameras, progress=config.progress))
-    print(f"      saved {stats.saved} episodes ({stats.steps} steps), expert success {stats.success_rate:.2f}, "
-          f"{stats.steps / max(stats.seconds, 1e-9):.0f} steps/s")
-    print("[2/5] validating the dataset")
-    report = check(dataset_path)
+@dataclass
+class PipelineRun:
+    """What the stages share: where the run lives and what earlier stages returned."""
+
+    out: Path  # the run folder (output_dir, or the new folder beside it)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage name -> the figures it returned
+
+    @property
+    def dataset(self) -> Path:
+        return Path(self.results["record"]["dataset"])
+
+    def stage_file(self, name: str) -> Path:
+        return self.out / "stages" / f"{name}.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # recorded as stages/<name>.json when the stage finishes; never rename a shipped stage
+    title: str  # the progress line, formatted with the config's fields
+    run: Callable[[PipelineConfig, PipelineRun], dict[str, Any]]  # does the work, returns figures for the summary
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+
+
+def record_demos(config: PipelineConfig, run: PipelineRun) -> dict[str, Any]:
+    from robo.collect import CollectConfig, collect
+    from robo.data.store import ZarrDataset
+
+    dataset_path = run.out / f"{config.task.lower()}_demos.zarr"
+    have, next_seed = 0, config.seed
+    if dataset_path.exists():  # an interrupted recording: keep its committed episodes and top them up
+        with ZarrDataset.open(dataset_path) as ds:
+            have = ds.n_episodes
+            next_seed = max([config.seed - 1] + [e.seed for e in ds.episodes if e.seed is not None]) + 1
+        print(f"      {dataset_path} already holds {have} episodes from the interrupted run; recording the rest")
+    stats = None
+    if have < config.demos:
+        _, stats = collect(CollectConfig(output=dataset_path, task=config.task, episodes=config.demos - have,
+                                         seed=next_seed, cameras=config.cameras, progress=config.progress))
+        print(f"      saved {stats.saved} episodes ({stats.steps} steps), expert success {stats.success_rate:.2f}, "
+              f"{stats.steps / max(stats.seconds, 1e-9):.0f} steps/s")
+    with ZarrDataset.open(dataset_path) as ds:
+        episodes = ds.episodes
+        steps = ds.n_steps
+    if len(episodes) < config.demos:
+        raise DatasetError(f"recorded {len(episodes)} of {config.demos} demonstrations into {dataset_path}; "
+                           f"see the warnings above, then run the same command again to top it up")
+    successes = sum(bool(e.success) for e in episodes)
+    return {"dataset": str(dataset_path), "episodes": len(episodes), "steps": int(steps),
+            "demo_success_rate": successes / max(len(episodes), 1)}
+
+
+def validate_dataset(config: PipelineConfig, run: PipelineRun) -> dict[str, Any]:
+    from robo.data.integrity import check
+
+    report = check(run.dataset)
     print(f"      {report.summary()}")
     if not report.ok:
-        raise DatasetError(f"{dataset_path} failed validation: {report.problems[0]}")
+        raise DatasetError(f"{run.dataset} failed validation: {report.problems[0]}")
+    return {"dataset_ok": report.ok}
 
-    from robo.evaluate import EvalConfig, evaluate_checkpoint
+
+def train_teacher(config: PipelineConfig, run: PipelineRun) -> dict[str, Any]:
     from robo.train import build_config, train
 
-    teacher_dir = out / "diffusion"
-    print(f"[3/5] training a diffusion policy ({config.train_steps} steps) -> {teacher_dir}")
-    train(build_config("lowdim_diffusion", {"dataset": dataset_path, "output_dir": teacher_dir, "seed": config.seed,
-                                            "steps": config.train_steps, "eval_episodes": 0,
+    out = run.out / "diffusion"
+    # resume=True: an interrupted stage continues from its last/ checkpoint (a fresh one starts from scratch).
+    train(build_config("lowdim_diffusion", {"dataset": run.dataset, "output_dir": out, "seed": config.seed,
+                                            "steps": config.train_steps, "eval_episodes": 0, "resume": True,
                                             "progress": config.progress}))
-    student_dir = out / "onestep"
-    print(f"[4/5] distilling it to a one-step student ({config.distill_steps} steps) -> {student_dir}")
-    train(build_config("distill", {"dataset": dataset_path, "output_dir": student_dir, "teacher": teacher_dir / "best",
+    return {"teacher": str(out / "best")}
+
+
+def distill_student(config: PipelineConfig, run: PipelineRun) -> dict[str, Any]:
+    from robo.train import build_config, train
+
+    out = run.out / "onestep"
+    train(build_config("distill", {"dataset": run.dataset, "output_dir": out, "teacher": run.out / "diffusion" / "best",
                                    "seed": config.seed, "steps": config.distill_steps, "eval_episodes": 0,
-                                   "progress": config.progress}))
-    print(f"[5/5] evaluating both over {config.eval_episodes} seeded episodes")
+                                   "resume": True, "progress": config.progress}))
+    return {"student": str(out / "best")}
+
+
+def evaluate_policies(config: PipelineConfig, run: PipelineRun) -> dict[str, Any]:
+    from robo.evaluate import EvalConfig, evaluate_checkpoint
+
     results = {}
-    for name, ckpt in (("diffusion_ddim10", teacher_dir / "best"), ("onestep", student_dir / "best")):
+    for name, ckpt in (("diffusion_ddim10", run.out / "diffusion" / "best"), ("onestep", run.out / "onestep" / "best")):
         r = evaluate_checkpoint(EvalConfig(checkpoint=ckpt, task=config.task, episodes=config.eval_episodes,
-                                           output_dir=out / f"eval_{name}", progress=config.progress))
+                                           output_dir=run.out / f"eval_{name}", progress=config.progress))
         results[name] = {"success_rate": r["success_rate"], "ci95": r["ci95"], "episodes": r["episodes"]}
         print(f"      {name}: success {r['success_rate']:.2f} (95% CI {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f})")
-    summary = {"dataset": str(dataset_path), "episodes": stats.saved, "steps": stats.steps,
-               "demo_success_rate": stats.success_rate, "dataset_ok": report.ok, "eval": results}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return {"eval": results}
+
+
+STAGES: list[Stage] = [
+    Stage("record", "recording {demos} scripted {task} demonstrations", record_demos),
+    Stage("validate", "validating the dataset", validate_dataset),
+    Stage("train", "training a diffusion policy ({train_steps} steps)", train_teacher),
+    Stage("distill", "distilling it to a one-step student ({distill_steps} steps)", distill_student),
+    Stage("evaluate", "evaluating both over {eval_episodes} seeded episodes", evaluate_policies),
+]
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+
+
+def _run_options(config: PipelineConfig) -> dict[str, Any]:
+    values = dataclasses.asdict(config)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if k not in _NOT_RUN_DEFINING}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write-then-rename, so a crash never leaves a half-written record that reads as a finished stage."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    return [f"{k}={recorded.get(k)!r} (now {wanted[k]!r})" for k in wanted if recorded.get(k) != wanted[k]]
+
+
+def _choose_run_folder(config: PipelineConfig) -> tuple[Path, str]:
+    """The folder this invocation works in, and the one line that says whether it resumes or starts afresh."""
+    base = Path(config.output_dir)
+    wanted = _run_options(config)
+
+    def is_fresh(folder: Path) -> bool:
+        return not folder.exists() or not any(folder.iterdir())
+
+    def next_free() -> Path:
+        n = 2
+        while not is_fresh(base.with_name(f"{base.name}-{n}")):
+            n += 1
+        return base.with_name(f"{base.name}-{n}")
+
+    if is_fresh(base):
+        return base, f"starting a new pipeline run in {base}"
+    if config.new_run:
+        folder = next_free()
+        return folder, f"--new-run: starting a new pipeline run in {folder} ({base} is left as it is)"
+    options_file = base / "pipeline.json"
+    if not options_file.is_file():
+        folder = next_free()
+        return folder, f"{base} holds files not written by a pipeline run; starting a new run in {folder}"
+    recorded = json.loads(options_file.read_text()).get("options", {})
+    changed = _differences(recorded, wanted)
+    if changed:
+        folder = next_free()
+        return folder, (f"{base} was run with other options ({', '.join(changed)}); starting a new run in {folder} "
+                        f"(run with the same options to resume {base})")
+    done = [s.name for s in STAGES if (base / "stages" / f"{s.name}.json").is_file()]
+    if len(done) == len(STAGES):
+        return base, f"every stage of {base} finished earlier; showing its summary (--new-run runs it again)"
+    if not done:
+        return base, f"resuming {base}: its {STAGES[0].name} stage did not finish; continuing it"
+    return base, f"resuming {base}: {', '.join(done)} finished earlier; continuing from {STAGES[len(done)].name}"
+
+
+def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
+    folder, decision = _choose_run_folder(config)
+    print(decision)
+    run = PipelineRun(out=folder)
+    if not (folder / "pipeline.json").is_file():
+        _write_json(folder / "pipeline.json", {"options": _run_options(config)})
+    for i, stage in enumerate(STAGES, start=1):
+        marker = run.stage_file(stage.name)
+        if marker.is_file():
+            run.results[stage.name] = json.loads(marker.read_text())["result"]
+            continue
+        print(f"[{i}/{len(STAGES)}] {stage.title.format(**dataclasses.asdict(config))}")
+        started = time.time()
+        result = stage.run(config, run)
+        run.results[stage.name] = result
+        _write_json(marker, {"stage": stage.name, "seconds": round(time.time() - started, 3),
+                             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "result": result})
+    summary: dict[str, Any] = {"run_dir": str(folder)}
+    for result in run.results.values():  # each stage's figures, in stage order
+        summary.update(result)
+    _write_json(folder / "summary.json", summary)
     print(json.dumps(summary))
     return summary

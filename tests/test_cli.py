@@ -54,15 +54,3 @@ def test_eval_refuses_a_directory_that_is_not_a_checkpoint(tmp_path):
     result = robo("eval", "--checkpoint", tmp_path / "ckpt", "--episodes", 1)
     assert result.returncode == 2 and "is not a checkpoint" in result.stderr
 
-
-def test_pipeline_runs_every_stage_on_a_tiny_budget(tmp_path):
-    from robo.pipeline import PipelineConfig, run_pipeline
-
-    summary = run_pipeline(PipelineConfig(output_dir=tmp_path / "pipe", demos=2, train_steps=4, distill_steps=2,
-                                          eval_episodes=1, progress=False))
-    assert summary["dataset_ok"] and summary["episodes"] == 2 and summary["demo_success_rate"] == 1.0
-    assert set(summary["eval"]) == {"diffusion_ddim10", "onestep"}
-    for name in ("diffusion/best", "onestep/best", "eval_onestep/results.json", "summary.json"):
-        assert (tmp_path / "pipe" / name).exists(), name
-    again = robo("pipeline", "--output-dir", tmp_path / "pipe", "--demos", 1)
-    assert again.returncode == 2 and "exists from an earlier run" in again.stderr
