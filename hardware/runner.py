@@ -1,19 +1,31 @@
-"""The policy runner: observations in, actions (or a hold) out, for one or many environments in lockstep.
+"""The policy runner: observations in, safe commands (or a hold) out, for one or many environments in lockstep.
 
-Simulated evaluation and the ROS node both drive this class, so what is evaluated is what is deployed. It is pure
-and deterministic given its inputs: it keeps the observation history, refuses stale or malformed observations,
-calls the policy when the executed part of the last action chunk is used up, and hands out one action per tick.
+Simulated evaluation and the ROS node both drive this class, so what is evaluated is what is deployed: the same
+observation history, the same chunk execution and the same :class:`hardware.safety.SafetyFilter`. It is pure and
+deterministic given its inputs: it keeps the observation history, refuses stale (per stream) or malformed
+observations, calls the policy when the executed part of the last action chunk is used up, picks the action for
+this tick and passes it through the safety filter.
 
 Chunk alignment: the policy sees observations ``t-n_obs+1 .. t`` and predicts ``horizon`` actions starting at
 ``t-n_obs+1``; index ``n_obs-1`` is the action for now, so the runner executes ``chunk[n_obs-1 : n_obs-1+n_exec]``.
+
+Scheduling: without a clock (simulation steps in lockstep) one action is handed out per call. With a clock
+(``now`` given and ``control_dt > 0``) the action for a tick is chosen by time: executed action ``k`` belongs to
+``t_obs + k * control_dt`` where ``t_obs`` is the newest observation the chunk was planned from, so after a slow
+policy call or a late tick the actions whose time has passed are dropped instead of replayed late.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
+from hardware.kinematics import DHChain
+from hardware.safety import Hold, MeasuredState, SafeCommand, SafetyFilter, SafetyLimits
+
+__all__ = ["Act", "ChunkPolicy", "Hold", "PolicyRunner", "RunnerConfig", "obs_spec_from_space"]
 
 
 class ChunkPolicy(Protocol):
@@ -24,28 +36,28 @@ class ChunkPolicy(Protocol):
 class RunnerConfig:
     n_obs: int = 2  # observation history the policy conditions on
     n_action_steps: int = 8  # actions executed from each predicted chunk before replanning
-    max_obs_age_s: float = 0.25  # hold when the newest observation is older than this (stale sensors)
-
-
-@dataclass(frozen=True)
-class Hold:
-    """Do not move this tick; ``reason`` is one line for the operator."""
-
-    reason: str
+    max_obs_age_s: float = 0.25  # hold when any stream is older than this (stale sensors)
+    stream_max_age_s: dict[str, float] = field(default_factory=dict)  # per-stream overrides, e.g. a 30 fps camera
+    control_dt: float = 0.0  # control period (s) for time-based chunk scheduling; 0 = one action per call
 
 
 @dataclass(frozen=True)
 class Act:
-    action: np.ndarray  # (A,) for one env
+    action: np.ndarray  # (A,) for one env, after the safety filter when one is configured
+    command: SafeCommand | None = None  # the filter's full command (absolute targets, interventions)
 
 
 class PolicyRunner:
     """Runs a chunk-predicting policy for ``batch`` environments that step together."""
 
     def __init__(self, policy: ChunkPolicy, obs_spec: dict[str, tuple[tuple[int, ...], str]], config: RunnerConfig,
-                 batch: int = 1):
+                 batch: int = 1, safety: SafetyLimits | None = None, kinematics: DHChain | None = None):
         self.policy, self.config, self.batch = policy, config, batch
         self.obs_spec = {k: (tuple(shape), str(dtype)) for k, (shape, dtype) in obs_spec.items()}
+        # One filter per environment: the gripper latch and arm state are per arm.
+        self.filters = [SafetyFilter(safety, kinematics) for _ in range(batch)] if safety is not None else None
+        self.last_commands: list[SafeCommand] = []
+        self.dropped_actions = 0  # actions skipped because their time had passed (clocked scheduling)
         self.reset()
 
     def reset(self, env_index: int | None = None) -> None:
@@ -58,7 +70,11 @@ class PolicyRunner:
             self._filled = np.zeros(self.batch, dtype=bool)
         for i in envs:
             self._filled[i] = False
+            if self.filters is not None:
+                self.filters[i] = SafetyFilter(self.filters[i].limits, self.filters[i].kinematics,
+                                               armed=self.filters[i].armed)
         self._cursor = np.full(self.batch, self.config.n_action_steps, dtype=int)  # forces a replan
+        self._chunk_t0: float | None = None
 
     def validate(self, obs: dict[str, np.ndarray]) -> str | None:
         """One line naming what is wrong with a batch of observations, or None."""
@@ -72,16 +88,37 @@ class PolicyRunner:
                 return f"observation '{key}' contains NaN or inf"
         return None
 
+    def stale_stream(self, now: float, stamps: dict[str, Any] | np.ndarray) -> str | None:
+        """One line naming the first stream older than its limit (or stamped in the future), or None."""
+        items = stamps.items() if isinstance(stamps, dict) else [("observation", stamps)]
+        for key, stamp in items:
+            limit = self.config.stream_max_age_s.get(key, self.config.max_obs_age_s)
+            ages = now - np.asarray(stamp, dtype=np.float64)
+            if not np.all(np.isfinite(ages)):
+                return f"stream '{key}' has no valid timestamp"
+            age = float(np.max(ages))
+            if age > limit:
+                name = "observation" if key == "observation" else f"stream '{key}'"
+                return f"{name} is {age * 1e3:.0f} ms old (limit {limit * 1e3:.0f} ms)"
+            if float(np.min(ages)) < -limit:
+                return f"stream '{key}' is stamped {-float(np.min(ages)) * 1e3:.0f} ms in the future: clock jump?"
+        return None
+
     def act_batch(self, obs: dict[str, np.ndarray], now: float | None = None,
-                  stamps: np.ndarray | None = None) -> np.ndarray | Hold:
-        """Actions (batch, A) for this tick, or a Hold for all envs when the inputs cannot be trusted."""
+                  stamps: dict[str, Any] | np.ndarray | None = None) -> np.ndarray | Hold:
+        """Actions (batch, A) for this tick, or a Hold for all envs when the inputs cannot be trusted.
+
+        ``stamps`` is one array of (batch,) observation times, or a dict stream -> (batch,) times checked against
+        that stream's own age limit. ``obs`` may hold more keys than the policy uses: the safety filter reads the
+        measured pose (``eef_pos``, ``eef_quat``, ``joint_pos``) from it when present.
+        """
         problem = self.validate(obs)
         if problem:
             return Hold(problem)
         if now is not None and stamps is not None:
-            age = now - float(np.min(stamps))
-            if age > self.config.max_obs_age_s:
-                return Hold(f"observation is {age * 1e3:.0f} ms old (limit {self.config.max_obs_age_s * 1e3:.0f} ms)")
+            stale = self.stale_stream(now, stamps)
+            if stale:
+                return Hold(stale)
         for key in self.obs_spec:
             value = np.asarray(obs[key])
             hist = self._history[key]
@@ -90,11 +127,46 @@ class PolicyRunner:
             # A fresh episode has no past: fill its history with the first observation (the sampler's edge padding).
             hist[~self._filled] = value[~self._filled, None]
         self._filled[:] = True
+        clocked = now is not None and self.config.control_dt > 0
+        if clocked and self._chunk_t0 is not None:
+            index = int(np.floor((now - self._chunk_t0) / self.config.control_dt + 1e-9))
+            self.dropped_actions += max(0, min(index, self.config.n_action_steps) - int(self._cursor[0]))
+            self._cursor[:] = max(index, int(self._cursor[0]))
         if self._queue is None or np.any(self._cursor >= self.config.n_action_steps):
             self._replan()
+            if clocked:
+                self._chunk_t0 = self._newest_stamp(now, stamps)
+                index = int(np.floor((now - self._chunk_t0) / self.config.control_dt + 1e-9))
+                if index >= self.config.n_action_steps:
+                    return Hold(f"the policy took longer than the {self.config.n_action_steps} actions it planned")
+                self.dropped_actions += index
+                self._cursor[:] = index
         actions = self._queue[np.arange(self.batch), self._cursor]
         self._cursor += 1
-        return actions
+        if self.filters is None:
+            return actions
+        return self._filter(actions, obs, now, stamps)
+
+    def _newest_stamp(self, now: float, stamps: dict[str, Any] | np.ndarray | None) -> float:
+        if stamps is None:
+            return now
+        values = list(stamps.values()) if isinstance(stamps, dict) else [stamps]
+        return float(max(np.max(np.asarray(v, dtype=np.float64)) for v in values))
+
+    def _filter(self, actions: np.ndarray, obs: dict[str, np.ndarray], now: float | None,
+                stamps: dict[str, Any] | np.ndarray | None) -> np.ndarray | Hold:
+        commands = []
+        oldest = None
+        if stamps is not None:
+            values = list(stamps.values()) if isinstance(stamps, dict) else [stamps]
+            oldest = [min(float(np.asarray(v, dtype=np.float64).reshape(-1)[i]) for v in values) for i in range(self.batch)]
+        for i, flt in enumerate(self.filters or []):
+            result = flt(actions[i], measured_state(obs, i), None if oldest is None else oldest[i], now)
+            if isinstance(result, Hold):
+                return result
+            commands.append(result)
+        self.last_commands = commands
+        return np.stack([c.action for c in commands]).astype(actions.dtype)
 
     def _replan(self) -> None:
         chunk = np.asarray(self.policy.predict({k: v.copy() for k, v in self._history.items()}))
@@ -106,13 +178,39 @@ class PolicyRunner:
         self._queue = executed
         self._cursor[:] = 0
 
-    def act(self, observation: dict[str, np.ndarray], now: float | None = None, stamp: float | None = None) -> Act | Hold:
-        """One environment: ``Act(action)`` or ``Hold(reason)``."""
+    def act(self, observation: dict[str, np.ndarray], now: float | None = None,
+            stamp: float | dict[str, float] | None = None) -> Act | Hold:
+        """One environment: ``Act(action, command)`` or ``Hold(reason)``."""
         if self.batch != 1:
             raise ValueError("act() is for a single environment; use act_batch()")
         batched = {k: np.asarray(v)[None] for k, v in observation.items()}
-        result = self.act_batch(batched, now, None if stamp is None else np.array([stamp]))
-        return result if isinstance(result, Hold) else Act(result[0])
+        if isinstance(stamp, dict):
+            stamps: dict[str, Any] | np.ndarray | None = {k: np.array([v]) for k, v in stamp.items()}
+        else:
+            stamps = None if stamp is None else np.array([stamp])
+        result = self.act_batch(batched, now, stamps)
+        if isinstance(result, Hold):
+            return result
+        return Act(result[0], self.last_commands[0] if self.filters is not None else None)
+
+    # Arm / disarm every env's filter (the ROS node's services call these).
+    def arm(self) -> None:
+        for flt in self.filters or []:
+            flt.arm()
+
+    def disarm(self) -> None:
+        for flt in self.filters or []:
+            flt.disarm()
+
+
+def measured_state(obs: dict[str, np.ndarray], index: int) -> MeasuredState | None:
+    """Env ``index``'s measured pose from a batch of observations, or None when the pose is not observed."""
+    if "eef_pos" not in obs or "eef_quat" not in obs:
+        return None
+    joints = obs.get("joint_pos")
+    return MeasuredState(eef_pos=np.asarray(obs["eef_pos"][index], dtype=np.float64),
+                         eef_quat=np.asarray(obs["eef_quat"][index], dtype=np.float64),
+                         joint_pos=None if joints is None else np.asarray(joints[index], dtype=np.float64))
 
 
 def obs_spec_from_space(observation_space: Any, keys: list[str] | tuple[str, ...]) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -83,3 +83,47 @@ def test_horizon_too_short_is_refused():
     runner = PolicyRunner(EchoChunkPolicy(horizon=4), SPEC, RunnerConfig(n_obs=2, n_action_steps=8))
     with pytest.raises(ValueError, match="too short"):
         runner.act(obs(1.0))
+
+
+def test_per_stream_staleness_names_the_stream():
+    runner = PolicyRunner(EchoChunkPolicy(), SPEC, RunnerConfig(max_obs_age_s=0.2, stream_max_age_s={"camera": 0.05}))
+    held = runner.act(obs(1.0), now=10.0, stamp={"eef_pos": 9.9, "camera": 9.9})
+    assert isinstance(held, Hold) and "stream 'camera' is 100 ms old (limit 50 ms)" in held.reason
+    assert isinstance(runner.act(obs(1.0), now=10.0, stamp={"eef_pos": 9.9, "camera": 9.97}), Act)
+    future = runner.act(obs(1.0), now=10.0, stamp={"eef_pos": 11.0, "camera": 9.99})
+    assert isinstance(future, Hold) and "future" in future.reason
+
+
+def test_clocked_scheduling_drops_actions_whose_time_has_passed():
+    policy = EchoChunkPolicy()
+    runner = PolicyRunner(policy, SPEC, RunnerConfig(n_obs=2, n_action_steps=6, control_dt=0.1))
+    assert runner.act(obs(1.0), now=0.0, stamp=0.0).action[0] == 101  # chunk index 1 = executed action 0
+    assert runner.act(obs(1.0), now=0.1, stamp=0.1).action[0] == 102  # on time: next action
+    # A late tick at t = 0.35: actions for 0.2 and 0.3 are past; the one for 0.3 (executed index 3) is current.
+    assert runner.act(obs(1.0), now=0.35, stamp=0.35).action[0] == 104
+    assert runner.dropped_actions == 1 and policy.calls == 1
+    # Past the planned chunk: replan from the newest observation, starting at its own first action.
+    late = runner.act(obs(7.0), now=0.9, stamp=0.9).action
+    assert late[0] == 701 and policy.calls == 2
+
+
+def test_safety_filter_bounds_runner_output_per_env():
+    from hardware.safety import SafetyLimits
+
+    class Wild:  # a broken policy that asks for 10x the allowed step and opens/closes at random
+        def predict(self, o):
+            b = o["eef_pos"].shape[0]
+            return np.tile(np.array([10.0, -10, 10, 3, -3, 3, 0.05], np.float32), (b, 16, 1))
+
+    limits = SafetyLimits(workspace_low=(-1, -1, 0), workspace_high=(1, 1, 0.52))
+    spec = {"eef_pos": ((3,), "float32"), "eef_quat": ((4,), "float32")}
+    runner = PolicyRunner(Wild(), spec, RunnerConfig(), batch=2, safety=limits)
+    batch_obs = {"eef_pos": np.array([[0.3, 0, 0.5], [0.3, 0, 0.2]], np.float32),
+                 "eef_quat": np.array([[1, 0, 0, 0], [1, 0, 0, 0]], np.float32)}
+    actions = runner.act_batch(batch_obs)
+    assert np.all(np.abs(actions[:, :6]) <= 1.0)
+    # Env 0 is 2 cm under the ceiling: its +z step is cut to 0.4 of a unit action; env 1 has room.
+    np.testing.assert_allclose(actions[:, 2], [0.4, 1.0], atol=1e-6)
+    assert "workspace" in runner.last_commands[0].interventions and "workspace" not in runner.last_commands[1].interventions
+    runner.disarm()
+    assert isinstance(runner.act_batch(batch_obs), Hold)
