@@ -145,7 +145,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from robo.data.tools import render_episode
+    from robo.data.render import render_episode
 
     out = render_episode(args.path, args.episode, args.output, camera_keys=args.camera_keys, every=args.every)
     print(f"wrote {out}")

@@ -20,7 +20,7 @@ import numpy as np
 
 from robo.data.schema import ACTION_KEY, STEP_KEYS, ArraySpec, DatasetError, DatasetSchema, EpisodeInfo
 from robo.data.store import Compression, ZarrDataset
-from robo.data.tools import refuse_existing, staged_output
+from robo.data.staging import refuse_existing, staged_output
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from robo.data.schema import ACTION_KEY, DatasetError
+from robo.data.staging import staged_output
 from robo.data.store import ZarrDataset
 
 _BACKGROUND = 32  # dark grey between tiles
@@ -165,7 +166,6 @@ def _plot_low_dim(ds: ZarrDataset, episode: int, title: str, out: Path) -> None:
 def render_episode(dataset_path: str | Path, episode: int, output: str | Path, *, camera_keys: list[str] | None = None,
                    every: int | None = None, config: RenderConfig | None = None) -> Path:
     """Render ``episode`` of the dataset to ``output`` (.png or .mp4, which must not exist); returns ``output``."""
-    from robo.data.tools import staged_output
 
     cfg = config or RenderConfig()
     output = Path(output)

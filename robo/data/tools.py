@@ -1,59 +1,27 @@
-"""Dataset tools: merge / filter datasets into a new one, and render an episode for a human to look at.
+"""Dataset tools: merge / filter datasets into a new one.
 
-Every tool writes into a staging folder beside the output and renames it into place only when it succeeded, so a
-failure never leaves a half-written dataset at the output path, and an existing non-empty output is refused before
-anything is read.
+The output is written into a staging folder beside it and renamed into place only when the merge succeeded
+(``robo.data.staging``), so a failure never leaves a half-written dataset at the output path. Rendering an
+episode lives in ``robo.data.render``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
-import shutil
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from robo.data.render import RenderConfig, render_episode
 from robo.data.schema import PROVENANCE_SOURCES, DatasetError, DatasetSchema, EpisodeInfo
+from robo.data.staging import refuse_existing, staged_output
 from robo.data.store import Compression, ZarrDataset
 
-__all__ = ["merge", "render_episode", "RenderConfig", "staged_output", "copy_steps"]
+__all__ = ["merge", "copy_steps"]
 
 log = logging.getLogger(__name__)
 
 _COPY_BLOCK_BYTES = 64 << 20  # at most ~64 MiB of one episode in memory while copying
-
-
-def refuse_existing(output: Path) -> None:
-    """Raise if ``output`` holds anything: tools never overwrite."""
-    if output.is_dir() and any(output.iterdir()):
-        raise DatasetError(f"{output} already exists and is not empty; choose a new output path")
-    if output.exists() and not output.is_dir():
-        raise DatasetError(f"{output} already exists; choose a new output path")
-
-
-@contextlib.contextmanager
-def staged_output(output: Path) -> Iterator[Path]:
-    """Yield a fresh staging path next to ``output``; move it to ``output`` only if the block succeeds."""
-    output = Path(output)
-    refuse_existing(output)
-    if not output.parent.exists():
-        raise DatasetError(f"folder {output.parent} does not exist; create it first")
-    staging = output.parent / f".{output.name}.{os.getpid()}.partial"
-    if staging.exists():
-        shutil.rmtree(staging) if staging.is_dir() else staging.unlink()
-    try:
-        yield staging
-        if output.is_dir():
-            output.rmdir()  # empty (checked above); rename needs it gone for files, tolerates it for folders
-        os.replace(staging, output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging) if staging.is_dir() else staging.unlink()
 
 
 def copy_steps(src: ZarrDataset, index: int, writer_target: ZarrDataset, info: EpisodeInfo) -> int:
