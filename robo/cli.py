@@ -47,6 +47,17 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from robo.finetune import FinetuneConfig, finetune
+
+    report = finetune(dataclass_from_args(FinetuneConfig, args))
+    ppo = report["ppo"]
+    print(f"PPO: {ppo['env_steps']} env steps in {ppo['iterations']} iterations; refined policy in {ppo['best_dir']}"
+          f"; report in {args.output_dir}/report.json")
+    gate = report.get("student_gate")
+    return 0 if gate is None or gate["passed"] else 3
+
+
 def _export(args: argparse.Namespace) -> int:
     from robo.export import ExportConfig, export
 
@@ -86,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     from robo.data.cli import add_data_commands
     from robo.evaluate import EvalConfig
     from robo.export import ExportConfig
+    from robo.finetune import FinetuneConfig
     from robo.pipeline import PipelineConfig
     from robo.train import TrainConfig
 
@@ -111,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="simulated success rate of a checkpoint, with videos and a summary plot")
     add_dataclass_args(p, EvalConfig)
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("finetune", help="online PPO in sim, then distil, gate the student and export")
+    add_dataclass_args(p, FinetuneConfig)
+    p.set_defaults(func=_finetune)
 
     p = sub.add_parser("export", help="the deploy artifact the ROS node loads (weights, spec, limits, provenance)")
     add_dataclass_args(p, ExportConfig)

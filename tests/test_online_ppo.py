@@ -1,0 +1,244 @@
+"""Online PPO on a toy reaching env (in-process, microseconds per step): rollout bookkeeping (discounts, terminal vs
+truncated, the bootstrap observation), GAE by hand, the first minibatch's ratio, executed-only gradients,
+the trainer end to end with resume, noise-space steering, and the student gate's decision."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from policies.checkpoint import load_checkpoint, save_checkpoint
+from policies.consistency import ConsistencyPolicy
+from robo.finetune import FinetuneConfig, build_actor, gate_decision, train_online
+from robo.rl.noise_ppo import NoiseActor
+from robo.rl.online import (ChainActor, GaussianActor, RolloutState, ValueNet, advantages_of, collect_rollout,
+                            executed_mask, ppo_update)
+from robo.rl.ppo import PPOConfig
+from test_policies import ACT, build, make_batch
+
+torch.set_num_threads(1)
+GAMMA = 0.9
+
+
+class ReachEnv(gym.Env):
+    """Move a point to the origin: obs eef_pos (3,) and gripper_qpos (2,), action (4,) whose first three entries
+    move it by 0.1 per unit. Success (terminal, reward 1) within 0.15 of the origin; truncated after ``horizon``."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, horizon: int = 12, start: float = 0.25):
+        self.horizon, self.start = horizon, start
+        self.observation_space = spaces.Dict({"eef_pos": spaces.Box(-1, 1, (3,), np.float32),
+                                              "gripper_qpos": spaces.Box(0, 0.04, (2,), np.float32)})
+        self.action_space = spaces.Box(-1, 1, (ACT,), np.float32)
+
+    def _obs(self):
+        return {"eef_pos": self.pos.astype(np.float32), "gripper_qpos": np.full(2, 0.02, np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = self.np_random.uniform(-self.start, self.start, 3)
+        self.t = 0
+        return self._obs(), {"success": False}
+
+    def step(self, action):
+        self.pos = np.clip(self.pos + 0.1 * np.clip(action[:3], -1, 1), -1, 1)
+        self.t += 1
+        success = bool(np.linalg.norm(self.pos) < 0.15)
+        return self._obs(), float(success), success, (not success) and self.t >= self.horizon, {"success": success}
+
+
+def toy_venv(n: int = 2, **kwargs) -> SyncVectorEnv:
+    return SyncVectorEnv([lambda: ReachEnv(**kwargs) for _ in range(n)], autoreset_mode=AutoresetMode.SAME_STEP)
+
+
+class ScriptedActor:
+    """Always the same chunk; log-probs zero. Makes rollout bookkeeping checkable by hand."""
+
+    num_logp_steps = 1
+
+    def __init__(self, policy, action):
+        self.policy, self.action = policy, np.asarray(action, np.float32)
+
+    def act(self, obs, generator=None):
+        b = obs["eef_pos"].shape[0]
+        chunk = np.broadcast_to(self.action, (b, self.policy.spec.horizon, ACT)).copy()
+        return chunk, torch.zeros(b, 1), torch.zeros(b, 1)
+
+
+def test_rollout_discounts_terminals_and_bootstrap_observation():
+    policy = build("diffusion-mlp", "lowdim")  # spec: n_obs 2, horizon 8, n_action_steps 4
+    venv = toy_venv(2, horizon=6, start=0.0)  # starts at the origin: every first step succeeds
+    state = RolloutState(venv, ["eef_pos", "gripper_qpos"], 2, seed=0)
+    r = collect_rollout(state, ScriptedActor(policy, [0, 0, 0, 0]), chunks=2, gamma=GAMMA, n_exec=4, generator=None)
+    assert r.env_steps == 2 * 4 * 2
+    assert torch.equal(r.terminal, torch.ones(2, 2, dtype=torch.bool))
+    assert torch.allclose(r.rewards, torch.ones(2, 2))  # reward at j = 0: gamma^0; the held steps earn nothing
+    assert [s for s, _ in r.episodes] == [True] * 4 and [n for _, n in r.episodes] == [1] * 4
+
+    venv = toy_venv(1, horizon=6, start=0.9)  # far away, pushed further out: never succeeds, truncates at step 6
+    state = RolloutState(venv, ["eef_pos", "gripper_qpos"], 2, seed=1)
+    r = collect_rollout(state, ScriptedActor(policy, [1, 1, 1, 0]), chunks=2, gamma=GAMMA, n_exec=4, generator=None)
+    assert r.terminal.sum() == 0 and r.episode_end[:, 0].tolist() == [False, True]
+    assert r.episodes == [(False, 6)]
+    # The bootstrap history of the truncated chunk is the finished episode's last two observations, not the reset's.
+    start = r.obs["eef_pos"][0, 0, -1]
+    last = r.next_obs["eef_pos"][1, 0]
+    assert np.allclose(last, [np.clip(start + 0.5, -1, 1), np.clip(start + 0.6, -1, 1)], atol=1e-6)
+    assert not np.allclose(state.hist["eef_pos"][0, -1], last[-1])  # the env has moved on to a new episode
+    # The next decision after the first chunk bootstraps from exactly the history the second chunk was sampled at.
+    assert np.array_equal(r.next_obs["eef_pos"][0], r.obs["eef_pos"][1])
+
+
+def test_gae_matches_a_hand_computation():
+    policy = build("diffusion-mlp", "lowdim")
+    value = ValueNet(policy, hidden=(8,))
+    torch.nn.init.zeros_(value.net[-1].weight)
+    torch.nn.init.constant_(value.net[-1].bias, 0.5)  # V = 0.5 everywhere
+    venv = toy_venv(1, horizon=6, start=0.9)
+    state = RolloutState(venv, ["eef_pos", "gripper_qpos"], 2, seed=1)
+    r = collect_rollout(state, ScriptedActor(policy, [1, 1, 1, 0]), chunks=3, gamma=GAMMA, n_exec=4, generator=None)
+    r.rewards[:, 0] = torch.tensor([0.2, 0.0, 1.0])
+    r.terminal[:, 0] = torch.tensor([False, False, True])
+    r.episode_end[:, 0] = torch.tensor([False, True, True])  # chunk 1 truncated, chunk 2 terminal
+    lam, g = 0.8, GAMMA ** 4
+    adv, ret, v = advantages_of(r, value, GAMMA, 4, lam)
+    d2 = 1.0 - 0.5  # terminal: no bootstrap
+    d1 = 0.0 + g * 0.5 - 0.5  # truncated: bootstraps V(final obs) but the recursion stops
+    d0 = 0.2 + g * 0.5 - 0.5
+    expected = torch.tensor([d0 + g * lam * d1, d1, d2])
+    assert torch.allclose(adv[:, 0], expected, atol=1e-6)
+    assert torch.allclose(ret, adv + v)
+
+
+def _chain_rollout(actor, chunks=4):
+    venv = toy_venv(2)
+    state = RolloutState(venv, ["eef_pos", "gripper_qpos"], 2, seed=3)
+    return collect_rollout(state, actor, chunks, GAMMA, 4, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("kind", ["chain", "gaussian", "noise"])
+def test_first_minibatch_ratio_is_one_and_update_moves_weights(kind):
+    policy = build("gaussian" if kind == "gaussian" else "diffusion-mlp", "lowdim")
+    if kind == "noise":
+        policy = ConsistencyPolicy.from_teacher(policy)
+    cfg = FinetuneConfig(method=kind)
+    actor = build_actor(policy, cfg)
+    value = ValueNet(policy, hidden=(16,))
+    r = _chain_rollout(actor)
+    assert r.logp.shape == (4, 2, actor.num_logp_steps)
+    adv, ret, v = advantages_of(r, value, GAMMA, 4, 0.95)
+    adv = adv + torch.linspace(-1, 1, adv.numel()).reshape(adv.shape)  # a non-degenerate signal
+    before = [p.detach().clone() for p in actor.parameters()]
+    opt = torch.optim.Adam([*actor.parameters(), *value.parameters()], lr=1e-3)
+    stats = ppo_update(actor, value, r, adv, ret, v, opt, PPOConfig(clip_eps=0.2), epochs=2, minibatch=4,
+                       vf_coef=0.5, policy_update=True, progress=0.0, generator=np.random.default_rng(0))
+    assert stats.first_ratio_max_dev < 1e-5, stats.first_ratio_max_dev
+    assert stats.minibatches == 4 and len(stats.ratio_quantiles) == actor.num_logp_steps
+    assert any(not torch.equal(a, b) for a, b in zip(before, actor.parameters()))
+
+
+def test_only_executed_actions_carry_likelihood():
+    policy = build("diffusion-mlp", "lowdim")
+    mask = executed_mask(policy.spec)
+    assert mask.tolist() == [False, True, True, True, True, False, False, False]  # n_obs 2, 4 executed
+    obs = make_batch("lowdim", n=3)["obs"]
+    chain_actor = ChainActor(policy, sigma_floor=0.1)
+    _, chain, logp = chain_actor.act(obs, torch.Generator().manual_seed(0))
+    assert torch.allclose(chain_actor.logprob(obs, chain), logp, atol=1e-5)
+    moved = chain.clone()
+    moved[:, -1, ~mask] += 0.7  # the final sample is only ever a target: its unexecuted part must not count
+    assert torch.equal(chain_actor.logprob(obs, moved)[:, -1], chain_actor.logprob(obs, chain)[:, -1])
+    moved[:, -1, mask] += 0.1
+    assert not torch.allclose(chain_actor.logprob(obs, moved)[:, -1], chain_actor.logprob(obs, chain)[:, -1])
+    full = ChainActor(policy, sigma_floor=0.1, executed_only=False)
+    assert not torch.allclose(full.logprob(obs, chain), logp)
+
+    gauss = build("gaussian", "lowdim")
+    actor = GaussianActor(gauss)
+    _, record, _ = actor.act(obs, torch.Generator().manual_seed(0))
+    actor.logprob(obs, record).sum().backward()
+    grad = gauss.mean_net[-1].bias.grad.reshape(policy.spec.horizon, ACT)
+    assert torch.all(grad[~mask] == 0) and torch.all(grad[mask].abs().sum(-1) > 0)
+    assert torch.all(gauss.log_std.grad[~mask] == 0)
+
+
+def test_last_k_steps_only_enter_the_gradient():
+    policy = build("diffusion-mlp", "lowdim")
+    actor = ChainActor(policy, trainable_last_k=3)
+    obs = make_batch("lowdim", n=3)["obs"]
+    _, chain, _ = actor.act(obs, torch.Generator().manual_seed(0))
+    logp = actor.logprob(obs, chain)
+    params = actor.parameters()
+    early = torch.autograd.grad(logp[:, :-3].sum(), params, retain_graph=True, allow_unused=True)
+    late = torch.autograd.grad(logp[:, -3:].sum(), params, allow_unused=True)
+    assert all(g is None or torch.all(g == 0) for g in early)
+    assert any(g is not None and torch.any(g != 0) for g in late)
+    with pytest.raises(ValueError, match="trainable_last_k"):
+        ChainActor(policy, trainable_last_k=99)
+
+
+def test_noise_policy_starts_as_the_base_policy():
+    student = ConsistencyPolicy.from_teacher(build("diffusion-mlp", "lowdim"))
+    actor = NoiseActor(student)
+    obs = make_batch("lowdim", n=3)["obs"]
+    z = student.initial_noise(3, torch.Generator().manual_seed(4)) if hasattr(student, "initial_noise") else \
+        torch.randn(3, student.spec.horizon, ACT, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(actor.decode(obs, z), student.predict(obs, generator=torch.Generator().manual_seed(4)),
+                          atol=1e-6)
+    mean, std = actor._dist(obs)
+    assert torch.all(mean == 0) and torch.allclose(std, torch.ones_like(std))
+    assert not any(p.requires_grad for p in student.parameters())
+
+
+@pytest.mark.parametrize("kind", ["diffusion-mlp", "gaussian"])
+def test_trainer_runs_saves_and_resumes(tmp_path, kind):
+    ckpt = save_checkpoint(tmp_path / "bc", build(kind, "lowdim"), {"task": "Reach", "fps": 20})
+    cfg = FinetuneConfig(checkpoint=ckpt, output_dir=tmp_path / "ft", env_steps=64, chunks_per_iter=4, epochs=1,
+                         minibatch_size=4, value_warmup_iters=1, eval_episodes=0, progress=False)
+    summary = train_online(cfg, venv=toy_venv(2))
+    assert summary["env_steps"] == 64 and summary["iterations"] == 2 and summary["steps_per_s_ratio"] > 0
+    ppo = tmp_path / "ft" / "ppo"
+    assert (ppo / "success_curve.png").stat().st_size > 0 and (ppo / "last" / "online_state.pt").exists()
+    refined = load_checkpoint(ppo / "best")
+    extra = json.loads((ppo / "best" / "config.json").read_text())["extra"]
+    assert extra["init_checkpoint"] == str(ckpt) and extra["env_steps"] == 64
+    assert refined.kind == load_checkpoint(ckpt).kind
+    with pytest.raises(ValueError, match="--resume"):
+        train_online(cfg, venv=toy_venv(2))
+    cfg.resume, cfg.env_steps = True, 96
+    summary = train_online(cfg, venv=toy_venv(2))
+    assert summary["env_steps"] == 96 and summary["iterations"] == 3
+
+
+def test_noise_trainer_runs(tmp_path):
+    student = ConsistencyPolicy.from_teacher(build("diffusion-mlp", "lowdim"))
+    ckpt = save_checkpoint(tmp_path / "st", student, {"task": "Reach", "fps": 20})
+    cfg = FinetuneConfig(checkpoint=ckpt, output_dir=tmp_path / "ft", method="noise", env_steps=32,
+                         chunks_per_iter=4, epochs=1, minibatch_size=4, eval_episodes=0, progress=False)
+    summary = train_online(cfg, venv=toy_venv(2))
+    assert summary["env_steps"] == 32
+    assert (tmp_path / "ft" / "ppo" / "best" / "noise_policy.safetensors").exists()
+
+
+def test_wrong_method_for_the_checkpoint_is_one_line():
+    with pytest.raises(ValueError, match="chain PPO needs a diffusion checkpoint"):
+        build_actor(build("gaussian", "lowdim"), FinetuneConfig(method="chain"))
+    with pytest.raises(ValueError, match="--method noise"):
+        build_actor(ConsistencyPolicy.from_teacher(build("diffusion-mlp", "lowdim")), FinetuneConfig())
+
+
+def test_student_gate_decision():
+    teacher = [True] * 90 + [False] * 10
+    assert gate_decision(teacher, [True] * 88 + [False] * 12, 0.02)["passed"]
+    fail = gate_decision(teacher, [True] * 87 + [False] * 13, 0.02)
+    assert not fail["passed"] and "0.030 below" in fail["reason"]
+    short = gate_decision(teacher[:50], teacher[:50], 0.02)
+    assert not short["passed"] and "at least 100" in short["reason"]
+    assert gate_decision(teacher, [True] * 100, 0.02)["passed"]  # a better student ships
