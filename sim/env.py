@@ -154,7 +154,11 @@ class SimEnv(gym.Env):
             # robosuite's placement samplers and robot init noise all hold a reference to the *same* Generator
             # object (env.rng), so re-seed it in place; replacing env.rng would leave the samplers on the old one.
             self._env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
-        raw = self._env.reset()
+        self._env.reset()
+        # robosuite computes some observables (Lift's gripper_to_cube_pos) from its observation cache, which still
+        # holds the previous episode's end effector at this point; a second pass reads the fresh values, so the first
+        # observation depends on the seed alone, not on what ran before.
+        raw = self._env._get_observations(force_update=True)
         self._disable_expensive_render_effects()
         self._steps = 0
         return self._convert(raw), {"success": False}
