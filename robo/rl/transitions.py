@@ -79,7 +79,9 @@ class OfflineData:
     steps: StepTransitions
     fingerprint: str  # identifies the dataset's content: a critic fitted on another dataset is refused
     success_rate: float  # fraction of successful episodes
-    episode_ends: np.ndarray
+    episode_ends: np.ndarray  # cumulative episode ends
+    obs: dict[str, np.ndarray]  # the state keys' per-step arrays (policy observation windows are cut from them)
+    step_start: np.ndarray  # (M,) first step index of each step's episode
 
 
 def dataset_fingerprint(ends: np.ndarray, success: np.ndarray, task: str, keys: tuple[str, ...]) -> str:
@@ -120,9 +122,22 @@ def load_offline_data(path: str | Path, config: TransitionConfig) -> OfflineData
         ends = ds.episode_ends
         task = ds.schema.task
         infos = ds.episodes
-    success = data["success"].astype(bool)
+    ep_flags = np.array([bool(info.success) for info in infos])
+    obs = {k: data[k] for k in keys}
+    return build_offline_data(obs, data["action"], data["success"], data["terminal"], ends, config, task=task,
+                              path=Path(path), episode_success=ep_flags)
+
+
+def build_offline_data(obs: dict[str, np.ndarray], action: np.ndarray, success: np.ndarray, terminal: np.ndarray,
+                       ends: np.ndarray, config: TransitionConfig, task: str = "", path: Path = Path("<memory>"),
+                       episode_success: np.ndarray | None = None) -> OfflineData:
+    """The same from arrays in memory (all episodes concatenated along time, ``ends`` cumulative)."""
+    keys = tuple(obs)
+    success = np.asarray(success).astype(bool)
+    ends = np.asarray(ends, np.int64)
     starts = np.concatenate([[0], ends[:-1]])
-    ep_success = np.array([bool(success[s:e].any()) or bool(info.success) for s, e, info in zip(starts, ends, infos)])
+    flags = np.zeros(len(ends), bool) if episode_success is None else np.asarray(episode_success, bool)
+    ep_success = np.array([bool(success[s:e].any()) or bool(f) for s, e, f in zip(starts, ends, flags)])
     if ep_success.all() and not config.allow_all_success:
         raise DegenerateDataError(
             f"{path}: all {len(ends)} episodes succeed, so every value is the same and the critic learns nothing; "
@@ -130,13 +145,26 @@ def load_offline_data(path: str | Path, config: TransitionConfig) -> OfflineData
     if not ep_success.any():
         raise DegenerateDataError(f"{path}: no episode succeeds (no success flag anywhere), so the sparse reward is "
                                   f"always 0; check the success flags or add successful demonstrations")
-    state = np.concatenate([data[k].reshape(len(data[k]), -1).astype(np.float32) for k in keys], axis=1)
-    action = data["action"].astype(np.float32)
-    reward, terminal = step_rewards(success, data["terminal"].astype(bool), action, starts, ends, config)
-    steps = _step_transitions(state, action, reward, terminal, ends)
-    chunks = _chunk_transitions(state, action, reward, terminal, starts, ends, config)
+    state = np.concatenate([obs[k].reshape(len(obs[k]), -1).astype(np.float32) for k in keys], axis=1)
+    action = np.asarray(action, np.float32)
+    reward, term = step_rewards(success, np.asarray(terminal).astype(bool), action, starts, ends, config)
+    steps = _step_transitions(state, action, reward, term, ends)
+    chunks = _chunk_transitions(state, action, reward, term, starts, ends, config)
+    step_start = np.repeat(starts, ends - starts)
     return OfflineData(Path(path), task, keys, chunks, steps, dataset_fingerprint(ends, success, task, keys),
-                       float(ep_success.mean()), ends)
+                       float(ep_success.mean()), ends, {k: np.asarray(v) for k, v in obs.items()}, step_start)
+
+
+def obs_windows(data: OfflineData, index: np.ndarray, n_obs: int, keys: tuple[str, ...] | list[str]) -> dict:
+    """Raw policy observations (B, n_obs, ...) ending at dataset steps ``index``, padded at the episode start by
+    repeating its first frame (the sampler's convention)."""
+    missing = [k for k in keys if k not in data.obs]
+    if missing:
+        raise ValueError(f"the policy observes {missing}, which the RL state ({list(data.obs)}) does not hold; "
+                         f"pass --state-keys including every low-dim key the policy uses (image policies: not yet)")
+    index = np.asarray(index)
+    idx = np.maximum(index[:, None] + np.arange(-n_obs + 1, 1)[None], data.step_start[index][:, None])
+    return {k: data.obs[k][idx] for k in keys}
 
 
 def step_rewards(success: np.ndarray, terminal: np.ndarray, action: np.ndarray, starts: np.ndarray,
