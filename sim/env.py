@@ -133,6 +133,10 @@ class SimEnv(gym.Env):
             hard_reset=False,
             reward_shaping=self.config.reward_shaping,
             reward_scale=1.0,
+            # The model is built with a first random placement, and a later reset does not erase every trace of
+            # it (the object settles from a slightly different state): seeding construction too makes a seeded
+            # env's episodes repeat across processes.
+            seed=seed,
         )
         self._steps = 0
         self._frame_renderers: dict[tuple[int, int], Any] = {}
@@ -154,11 +158,7 @@ class SimEnv(gym.Env):
             # robosuite's placement samplers and robot init noise all hold a reference to the *same* Generator
             # object (env.rng), so re-seed it in place; replacing env.rng would leave the samplers on the old one.
             self._env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
-        self._env.reset()
-        # robosuite computes some observables (Lift's gripper_to_cube_pos) from its observation cache, which still
-        # holds the previous episode's end effector at this point; a second pass reads the fresh values, so the first
-        # observation depends on the seed alone, not on what ran before.
-        raw = self._env._get_observations(force_update=True)
+        raw = self._env.reset()
         self._disable_expensive_render_effects()
         self._steps = 0
         return self._convert(raw), {"success": False}
