@@ -10,7 +10,7 @@ import torch
 from robo.rl.gate import Gate, GateConfig
 from robo.rl.ope import OPEResult
 from robo.rl.offline import OfflinePPO, OfflinePPOConfig
-from tests.test_rl_ppo import obs_batch, tiny_policy
+from robo.rl.toy import tiny_obs as obs_batch, tiny_policy
 
 torch.set_num_threads(1)
 

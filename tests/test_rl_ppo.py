@@ -3,38 +3,15 @@ last-K' masking, the decaying clip, and GAE at chunk level."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from policies.denoisers import DenoiserConfig
-from policies.diffusion import DiffusionPolicyConfig
-from policies.encoders import EncoderConfig
-from policies.gaussian import GaussianPolicyConfig
-from policies.normalizer import Normalizer
-from policies.registry import make_policy
-from policies.spec import PolicySpec
 from robo.rl.offline import OfflinePPO, OfflinePPOConfig, logprob_for_ppo, measure_ratio_spread, sample_for_ppo
 from robo.rl.ppo import PPOConfig, chunk_gae, clip_at, clipped_surrogate, ppo_step, trainable_mask
+from robo.rl.toy import tiny_obs, tiny_policy
 
 torch.set_num_threads(1)
-ENC = EncoderConfig(lowdim_hidden=32, lowdim_features=16)
-UNET = DenoiserConfig(kind="unet", widths=(16, 32), kernel_size=3, groups=4, step_embed_dim=16)
-
-
-def tiny_policy(kind: str = "diffusion", seed: int = 0):
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(1)
-    spec = PolicySpec({"state": ((3,), "float32")}, 2, n_obs=2, horizon=8, n_action_steps=4)
-    norm = Normalizer.fit({"state": rng.normal(size=(64, 3)).astype(np.float32),
-                           "action": rng.uniform(-1, 1, (64, 2)).astype(np.float32)})
-    cfg = (DiffusionPolicyConfig(encoder=ENC, denoiser=UNET, num_inference_steps=5, ema=False)
-           if kind == "diffusion" else GaussianPolicyConfig(encoder=ENC, hidden=(32,)))
-    return make_policy(kind, spec, norm, cfg)
-
-
-def obs_batch(n: int = 16, seed: int = 0) -> dict:
-    return {"state": np.random.default_rng(seed).normal(size=(n, 2, 3)).astype(np.float32)}
+obs_batch = tiny_obs
 
 
 @pytest.mark.parametrize("kind", ["diffusion", "gaussian"])

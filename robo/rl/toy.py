@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,3 +81,29 @@ def behaviour_data(episodes: int = 60, seed: int = 0, gains: tuple[float, float]
     ends = np.cumsum([p["ends"][0] for p in parts])
     return build_offline_data({"pos": cat["pos"]}, cat["action"], cat["success"], cat["terminal"], ends,
                               TransitionConfig(gamma=0.99, chunk=SPEC.n_action_steps), task="Toy")
+
+
+def tiny_policy(kind: str = "diffusion", seed: int = 0, steps: int = 5) -> Any:
+    """A small real diffusion (K = ``steps``) or Gaussian policy on a 3-D observation and 2-D actions, for tests."""
+    from policies.denoisers import DenoiserConfig
+    from policies.diffusion import DiffusionPolicyConfig
+    from policies.encoders import EncoderConfig
+    from policies.gaussian import GaussianPolicyConfig
+    from policies.normalizer import Normalizer
+    from policies.registry import make_policy
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(1)
+    spec = PolicySpec({"state": ((3,), "float32")}, 2, n_obs=2, horizon=8, n_action_steps=4)
+    norm = Normalizer.fit({"state": rng.normal(size=(64, 3)).astype(np.float32),
+                           "action": rng.uniform(-1, 1, (64, 2)).astype(np.float32)})
+    enc = EncoderConfig(lowdim_hidden=32, lowdim_features=16)
+    cfg = (DiffusionPolicyConfig(encoder=enc, denoiser=DenoiserConfig(kind="unet", widths=(16, 32), kernel_size=3,
+                                                                       groups=4, step_embed_dim=16),
+                                 num_inference_steps=steps, ema=False)
+           if kind == "diffusion" else GaussianPolicyConfig(encoder=enc, hidden=(32,)))
+    return make_policy(kind, spec, norm, cfg)
+
+
+def tiny_obs(n: int = 16, seed: int = 0) -> dict:
+    return {"state": np.random.default_rng(seed).normal(size=(n, 2, 3)).astype(np.float32)}
