@@ -67,6 +67,13 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_finetune(args: argparse.Namespace) -> int:
+    from robo.bench.finetune import FinetuneBenchConfig, run_finetune_bench
+
+    run_finetune_bench(dataclass_from_args(FinetuneBenchConfig, args))
+    return 0
+
+
 def _bench_store(args: argparse.Namespace) -> int:
     from robo.bench.store import StoreBenchConfig, run_store_bench
 
@@ -90,6 +97,7 @@ def _bench_train(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     # Imported here (cheap: dataclasses only) so the flags come from the same dataclasses the code uses.
+    from robo.bench.finetune import FinetuneBenchConfig
     from robo.bench.latency import LatencyBenchConfig
     from robo.bench.store import StoreBenchConfig
     from robo.bench.train import TrainBenchConfig
@@ -134,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks: a table, then one JSON line of figures")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    p = bench_sub.add_parser("finetune", help="online PPO, distilled student and noise-space PPO on one budget")
+    add_dataclass_args(p, FinetuneBenchConfig)
+    p.set_defaults(func=_bench_finetune)
     p = bench_sub.add_parser("store", help="recording headroom and sampler throughput")
     add_dataclass_args(p, StoreBenchConfig)
     p.set_defaults(func=_bench_store)

@@ -54,7 +54,8 @@ class FinetuneConfig:
     target_kl: float = 0.05  # stop an iteration's updates once approx-KL passes this (0 = off)
     value_clip: float = 0.2  # clipped value loss: the value may move +-this per iteration (0 = plain MSE)
     vf_coef: float = 0.5  # weight of the value loss
-    lr: float = 3e-5  # actor learning rate (the denoiser; noise/Gaussian policies use it too)
+    lr: float = 3e-5  # actor learning rate (the denoiser, or the Gaussian policy)
+    noise_lr: float = 3e-4  # noise-space policy learning rate (a small fresh MLP, not a pretrained denoiser)
     critic_lr: float = 1e-3  # value net learning rate
     max_grad_norm: float = 1.0  # gradient-norm clip
     value_warmup_iters: int = 2  # first iterations fit only the value net, to Monte-Carlo returns
@@ -164,7 +165,7 @@ def train_online(config: FinetuneConfig, venv: Any = None,
     actor = build_actor(policy, config)
     value = ValueNet(policy).to(device)
     trainable = [p for p in actor.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam([{"params": trainable, "lr": config.lr},
+    optimizer = torch.optim.Adam([{"params": trainable, "lr": config.noise_lr if noise else config.lr},
                                   {"params": list(value.parameters()), "lr": config.critic_lr}])
     state: dict[str, Any] = {"iteration": 0, "env_steps": 0, "best": -1.0,
                              "history": {"env_steps": [], "train_success": [], "eval_env_steps": [], "eval_success": [],
