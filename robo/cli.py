@@ -95,6 +95,15 @@ def _bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _improve(args: argparse.Namespace) -> int:
+    from robo.rl.improve import ImproveConfig, run_improve
+
+    s = run_improve(dataclass_from_args(ImproveConfig, args))
+    print(f"{s['task']}: OPE {s['ope_start']:.3f} -> {s['ope_accepted']:.3f} ({s['accepted']} accepted, "
+          f"{s['rejected']} rejected); accepted policy in {s['output_dir']}/accepted")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Imported here (cheap: dataclasses only) so the flags come from the same dataclasses the code uses.
     from robo.bench.finetune import FinetuneBenchConfig
@@ -127,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="preset name in robo/presets or a YAML path (train: / policy:)")
     add_dataclass_args(p, TrainConfig, skip=("policy_config",), only_explicit=True)
     p.set_defaults(func=_train)
+
+    from robo.rl.improve import ImproveConfig
+
+    p = sub.add_parser("improve", help="offline PPO across the denoising steps, every update gated by OPE")
+    add_dataclass_args(p, ImproveConfig)
+    p.set_defaults(func=_improve)
 
     p = sub.add_parser("eval", help="simulated success rate of a checkpoint, with videos and a summary plot")
     add_dataclass_args(p, EvalConfig)

@@ -1,0 +1,98 @@
+"""``robo improve`` end to end on a tiny dataset and policy, and its one-line refusals that write nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from policies.checkpoint import save_checkpoint
+from robo.cli import main
+from robo.data.schema import ArraySpec, DatasetSchema, EpisodeInfo
+from robo.data.store import ZarrDataset
+from robo.rl.toy import tiny_policy
+
+torch.set_num_threads(1)
+
+
+def write_dataset(path, task="Toy", all_success=False, key="state"):
+    schema = DatasetSchema(obs={key: ArraySpec((3,), "float32")}, action=ArraySpec((2,), "float32"), fps=20.0,
+                           task=task)
+    rng = np.random.default_rng(0)
+    with ZarrDataset.create(path, schema) as ds:
+        for i in range(8):
+            n = 12
+            ok = all_success or i % 2 == 0
+            flags = np.zeros(n, bool)
+            flags[-1] = ok
+            trunc = np.zeros(n, bool)
+            trunc[-1] = not ok
+            ds.append_episode({key: rng.normal(size=(n, 3)).astype(np.float32),
+                               "action": rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+                               "reward": flags.astype(np.float32), "terminal": flags, "truncated": trunc,
+                               "success": flags, "timestamp": np.arange(n) / 20.0},
+                              EpisodeInfo(source="scripted", success=ok))
+    return path
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    ds = write_dataset(tmp_path / "d.zarr")
+    ckpt = save_checkpoint(tmp_path / "bc", tiny_policy(), {"task": "Toy"})
+    return tmp_path, ds, ckpt
+
+
+SMALL = ["--state-keys", "state", "--rounds", "2", "--gate-every", "1", "--batch-size", "16", "--minibatch-size", "8",
+         "--epochs", "1", "--critic-steps", "50", "--dynamics-steps", "30", "--amq-horizon", "2", "--amq-starts", "8",
+         "--no-progress"]
+
+
+def test_improve_runs_and_writes_its_artifacts(setup):
+    tmp, ds, ckpt = setup
+    out = tmp / "imp"
+    assert main(["improve", "--checkpoint", str(ckpt), "--dataset", str(ds), "--output-dir", str(out), *SMALL]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["decisions"] == 2 and summary["accepted"] + summary["rejected"] == 2
+    assert len((out / "decisions.jsonl").read_text().splitlines()) == 2
+    for name in ("accepted/model.safetensors", "best/config.json", "critic/critic.json", "improve.png"):
+        assert (out / name).exists(), name
+    assert list((out / "tb").iterdir())
+    # the saved critic is reusable on the dataset it was fitted on
+    out2 = tmp / "imp2"
+    assert main(["improve", "--checkpoint", str(ckpt), "--dataset", str(ds), "--output-dir", str(out2),
+                 "--critic", str(out / "critic"), *SMALL]) == 0
+
+
+def _refused(capsys, args, out):
+    before = sorted(p.name for p in out.iterdir()) if out.exists() else None
+    assert main(["improve", *args, "--output-dir", str(out), *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
+    return err
+
+
+def test_bad_inputs_get_one_line_and_nothing_is_written(setup, capsys):
+    tmp, ds, ckpt = setup
+    out = tmp / "never"
+    assert "all 8 episodes succeed" in _refused(capsys, ["--checkpoint", str(ckpt), "--dataset",
+                                                         str(write_dataset(tmp / "s.zarr", all_success=True))], out)
+    assert "task 'Toy'" in _refused(capsys, ["--checkpoint", str(ckpt), "--dataset",
+                                             str(write_dataset(tmp / "l.zarr", task="Lift"))], out)
+    assert "observation keys" in _refused(capsys, ["--checkpoint", str(ckpt), "--dataset",
+                                                   str(write_dataset(tmp / "k.zarr", key="eef_pos"))], out)
+    # a critic fitted on another dataset
+    fake = tmp / "critic"
+    fake.mkdir()
+    (fake / "critic.json").write_text(json.dumps({"dataset_fingerprint": "0000", "state_dim": 3, "action_dim": 8,
+                                                  "config": {}}))
+    (fake / "critic.safetensors").write_bytes(b"")
+    assert "another dataset" in _refused(capsys, ["--checkpoint", str(ckpt), "--dataset", str(ds), "--critic",
+                                                  str(fake)], out)
+    # a non-empty output directory is never overwritten without --overwrite
+    busy = tmp / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("x")
+    assert "not empty" in _refused(capsys, ["--checkpoint", str(ckpt), "--dataset", str(ds)], busy)
