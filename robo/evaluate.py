@@ -13,6 +13,7 @@ evaluation seed and the wave's first episode), so the same command gives the sam
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,7 @@ class EvalConfig:
     scheduler: str = ""  # diffusion only: "ddim" (default) or "ddpm"
     cameras: tuple[str, ...] = ()  # sim cameras; empty = those the policy's observation keys need
     image_size: int = 84  # camera image size (square)
+    horizon: int = 0  # episode step limit; 0 = the task's default
     video_episodes: int = 2  # rollout videos to write (mp4, agentview)
     output_dir: Path = Path("data/eval")  # results.json, summary.png, videos
     progress: bool = True  # progress bar
@@ -55,6 +57,9 @@ class EvalResult:
     lengths: list[int] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     videos: list[str] = field(default_factory=list)
+    # Per-episode fingerprint of every executed action (SHA-256 of the float32 bytes, 16 hex digits): two runs of
+    # the same command must agree on these, not only on outcomes.
+    action_digests: list[str] = field(default_factory=list)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -93,7 +98,7 @@ class _PolicyAdapter:
 
     def reseed(self, *entropy: int) -> None:
         """Restart the policy's noise stream from ``entropy`` (e.g. the evaluation seed and a wave index)."""
-        self.generator.manual_seed(int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0] >> 1))
+        self.generator.manual_seed(int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0]) >> 1)
 
     @torch.no_grad()
     def predict(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -114,17 +119,21 @@ def evaluate_policy(policy: Any, config: EvalConfig) -> dict[str, Any]:
     cameras = tuple(config.cameras) or cameras_for(obs_keys)
     depth = any(k.endswith("_depth") for k in obs_keys)
     env_cfg = EnvConfig(task=task, cameras=cameras, image_height=config.image_size, image_width=config.image_size,
-                        depth=depth)
+                        depth=depth, horizon=config.horizon or None)
     num_envs = max(1, min(config.num_envs, config.episodes))
-    venv = make_vector_env(env_cfg, num_envs)
+    venv = make_vector_env(env_cfg, num_envs, seeds=config.seed)  # construction is seeded too (sim.env)
     try:
         obs_space = venv.single_observation_space
         check_against(policy, {k: (obs_space[k].shape, str(obs_space[k].dtype)) for k in obs_space.spaces},
                       venv.single_action_space.shape[0])
         runner_cfg = RunnerConfig(n_obs=spec.n_obs, n_action_steps=config.n_action_steps or spec.n_action_steps)
         adapter = _PolicyAdapter(policy, config.inference_steps, config.scheduler)
+        # The deployed safety filter, with the sim's world-frame workspace: what is evaluated is what is deployed.
+        from hardware.kinematics import FRANKA
+        from hardware.safety import SIM_PANDA_LIMITS
+
         runner = PolicyRunner(adapter, {k: (tuple(obs_space[k].shape), str(obs_space[k].dtype)) for k in obs_keys},
-                              runner_cfg, batch=num_envs)
+                              runner_cfg, batch=num_envs, safety=SIM_PANDA_LIMITS, kinematics=FRANKA)
         result = _run_waves(venv, runner, adapter, obs_keys, config, num_envs)
     finally:
         venv.close()
@@ -138,7 +147,7 @@ def evaluate_policy(policy: Any, config: EvalConfig) -> dict[str, Any]:
 
 def _run_waves(venv: Any, runner: PolicyRunner, adapter: _PolicyAdapter, obs_keys: list[str], config: EvalConfig,
                num_envs: int) -> EvalResult:
-    successes, lengths, seeds, videos = [], [], [], []
+    successes, lengths, seeds, videos, digests = [], [], [], [], []
     bar = tqdm(total=config.episodes, desc="eval", unit="ep", disable=not config.progress)
     for wave_start in range(0, config.episodes, num_envs):
         n = min(num_envs, config.episodes - wave_start)
@@ -151,16 +160,20 @@ def _run_waves(venv: Any, runner: PolicyRunner, adapter: _PolicyAdapter, obs_key
         length = np.zeros(num_envs, int)
         record = [wave_start + i < config.video_episodes for i in range(num_envs)]
         frames: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
+        hashes = [hashlib.sha256() for _ in range(num_envs)]
         while not done[:n].all():
             if any(record):
                 rendered = venv.call("render_frame")
                 for i in range(num_envs):
                     if record[i] and not done[i]:
                         frames[i].append(rendered[i])
-            actions = runner.act_batch({k: obs[k] for k in obs_keys})
+            actions = runner.act_batch(obs)  # all keys: the safety filter reads the measured pose
             if isinstance(actions, Hold):
                 raise RuntimeError(f"the runner held in simulation: {actions.reason}")
-            obs, _, terminated, truncated, info = venv.step(actions.astype(np.float32))
+            actions = actions.astype(np.float32)
+            for i in np.flatnonzero(~done):
+                hashes[i].update(actions[i].tobytes())
+            obs, _, terminated, truncated, info = venv.step(actions)
             active = ~done
             length += active
             success |= active & _step_success(info, num_envs)
@@ -169,6 +182,7 @@ def _run_waves(venv: Any, runner: PolicyRunner, adapter: _PolicyAdapter, obs_key
             successes.append(bool(success[i]))
             lengths.append(int(length[i]))
             seeds.append(wave_seeds[i])
+            digests.append(hashes[i].hexdigest()[:16])
             if record[i] and frames[i]:
                 videos.append(str(_write_video(frames[i], Path(config.output_dir), wave_seeds[i], success[i])))
         bar.update(n)
@@ -176,7 +190,8 @@ def _run_waves(venv: Any, runner: PolicyRunner, adapter: _PolicyAdapter, obs_key
     bar.close()
     k = int(np.sum(successes))
     return EvalResult(success_rate=k / len(successes), ci95=wilson_interval(k, len(successes)),
-                      episodes=len(successes), successes=successes, lengths=lengths, seeds=seeds, videos=videos)
+                      episodes=len(successes), successes=successes, lengths=lengths, seeds=seeds, videos=videos,
+                      action_digests=digests)
 
 
 def _step_success(info: dict, num_envs: int) -> np.ndarray:

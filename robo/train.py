@@ -2,11 +2,25 @@
 
 Read top to bottom: config -> data (split by episode, normaliser fitted on the training episodes) -> policy ->
 AdamW with warm-up + cosine decay -> loop (progress bar, TensorBoard, validation loss, periodic simulated success)
--> checkpoints (``last`` every evaluation, ``best`` by success rate, or by validation loss when not evaluating).
+-> checkpoints.
 
-Devices: CPU or CUDA (bf16 autocast on CUDA). Several GPUs: ``torchrun --nproc_per_node N -m robo.cli train ...``;
-every rank samples its own batches, gradients are averaged with an all-reduce after each backward, rank 0 logs,
-evaluates and saves. Resume with ``--resume``: weights, EMA, optimiser, LR schedule and step come back.
+What is evaluated is what ships. Validation loss and in-training success are measured on the weights that
+``robo eval`` and the robot load (the EMA), success on validation seeds (90 000+) disjoint from the test seeds
+(10 000+); ``best/`` is the best of those, ``last/`` the resumable state.
+
+Reproducible by construction. Every step's randomness is a pure function of (seed, step): the global batch's
+sample indices come from a numpy generator seeded with (seed, step), and each slice of it runs its loss under the
+torch generator seeded with (seed, step, slice). So a resumed run continues exactly where it stopped (2N steps
+straight and N + resume N give bit-identical weights on the CPU with the same thread count), and the result does
+not depend on how the global batch is split: over DDP ranks or ``--grad-accum`` micro-batches on one process.
+
+Checkpoints: ``last/`` (raw weights, EMA, optimiser, LR schedule, step, history) every ``checkpoint_every`` steps,
+written as one atomic unit; ``--stop-after N`` ends the invocation at step N as if it were interrupted (time-boxed
+jobs); ``--resume`` continues from ``last/`` with the original LR schedule.
+
+Devices: CPU or CUDA (bf16 autocast on CUDA). Several GPUs (or CPU processes with gloo):
+``torchrun --nproc_per_node N -m robo.cli train ...``; ``batch_size`` is the global batch, each rank takes its own
+disjoint slice, gradients are summed in one all-reduce, rank 0 logs, evaluates and saves between barriers.
 """
 
 from __future__ import annotations
@@ -15,7 +29,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +42,8 @@ from tqdm import tqdm
 from robo.data.sampler import SamplerConfig, SequenceSampler, split_episodes
 from robo.data.schema import DatasetError
 from robo.data.store import ZarrDataset
+from robo.distributed import Distributed
+from robo.evaluate import VALIDATION_SEED_OFFSET
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +64,8 @@ class TrainConfig:
     horizon: int = 16  # predicted action chunk
     n_action_steps: int = 8  # actions executed per chunk (evaluation and deployment)
     steps: int = 5000  # optimiser steps
-    batch_size: int = 256  # samples per step (per GPU with DDP)
+    batch_size: int = 256  # global samples per optimiser step, split evenly over DDP ranks and grad_accum slices
+    grad_accum: int = 1  # micro-batches per optimiser step on each rank (same result as that many more ranks)
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 1e-6  # AdamW weight decay
     warmup_steps: int = 200  # linear LR warm-up
@@ -58,10 +74,14 @@ class TrainConfig:
     eval_every: int = 0  # steps between simulated success evaluations (0 = only at the end)
     eval_episodes: int = 20  # episodes per simulated evaluation (0 = never evaluate in sim)
     eval_envs: int = 2  # parallel sim envs during evaluation
-    seed: int = 0  # torch / numpy / sampling seed
+    eval_seed: int = VALIDATION_SEED_OFFSET  # first seed of in-training (selection) episodes; tests use 10000+
+    seed: int = 0  # weights initialisation, episode split, and every step's batch and noise
+    checkpoint_every: int = 500  # steps between resumable checkpoints in last/ (0 = only at the end)
+    stop_after: int = 0  # end this invocation at this step as if interrupted, keeping last/ (0 = run to steps)
+    ddp_timeout_min: float = 60.0  # collective time-out under torchrun (covers rank 0's simulated evaluation)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads (0 = torch's default)
-    resume: bool = False  # continue from output_dir/last if it exists
+    resume: bool = False  # continue from output_dir/last (exactly: weights, EMA, optimiser, schedule, step)
     progress: bool = True  # progress bar
     policy_config: dict[str, Any] = field(default_factory=dict)  # the policy's config fields (from a preset)
 
@@ -121,33 +141,33 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {"obs": obs, "action": torch.from_numpy(batch["action"]).to(device, non_blocking=True)}
 
 
-class _Distributed:
-    """torchrun environment: rank/world size and a gradient all-reduce (a no-op on one process)."""
+def _batch_items(seed: int, step: int, n_items: int, batch: int) -> np.ndarray:
+    """The global batch of step ``step``: sample indices drawn from a generator seeded with (seed, step)."""
+    return np.random.default_rng([seed, step, 0]).integers(0, n_items, size=batch)
 
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        if self.world > 1:
-            import torch.distributed as dist
 
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            self.dist = dist
+def _slice_seed(seed: int, step: int, slice_index: int) -> int:
+    """The torch seed for one slice of a step's global batch (diffusion noise, timesteps, crops)."""
+    return int(np.random.SeedSequence([seed, step, 1, slice_index]).generate_state(1, np.uint64)[0]) >> 1
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        if self.world == 1:
-            return
-        for p in params:
-            if p.grad is not None:
-                self.dist.all_reduce(p.grad)
-                p.grad /= self.world
+@contextlib.contextmanager
+def _seeded_torch(device: torch.device, seed: int):
+    """Run a block on torch's global generator seeded with ``seed``, then put the outer state back."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
-    def close(self) -> None:
-        if self.world > 1:
-            self.dist.destroy_process_group()
+
+TRAINER_STATE = "trainer_state.pt"  # optimiser, schedule, step, history: saved inside last/ with the weights
+
+
+def _has_state(directory: Path) -> bool:
+    from policies.checkpoint import recover_interrupted_save
+
+    recover_interrupted_save(directory)  # a save that a crash interrupted is finished first
+    return (directory / TRAINER_STATE).is_file()
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -158,12 +178,19 @@ def train(config: TrainConfig) -> dict[str, Any]:
     device = _device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    ddp = _Distributed(device)
-    if device.type == "cuda" and ddp.world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    torch.manual_seed(config.seed + ddp.rank)
-    rng = np.random.default_rng(config.seed + ddp.rank)
+    ddp = Distributed(device, config.ddp_timeout_min)
+    device = ddp.device(device)
+    slices = ddp.world * config.grad_accum
+    if config.grad_accum < 1 or config.batch_size % slices:
+        raise DatasetError(f"batch_size {config.batch_size} must split evenly over {ddp.world} rank(s) x "
+                           f"{config.grad_accum} micro-batch(es); change --batch-size or --grad-accum")
+    micro = config.batch_size // slices
     out = Path(config.output_dir)
+    last_dir, best_dir = out / "last", out / "best"
+    resuming = _has_state(last_dir)
+    if resuming and not config.resume:
+        raise DatasetError(f"{out} already holds a run (last/ is resumable): pass --resume to continue it, or "
+                           f"choose a new --output-dir")
 
     dataset = ZarrDataset.open(config.dataset)
     teacher = None
@@ -178,34 +205,48 @@ def train(config: TrainConfig) -> dict[str, Any]:
     sampler_cfg = SamplerConfig(obs_keys=obs_keys, n_obs=config.n_obs, horizon=config.horizon)
     train_sampler = SequenceSampler(dataset, sampler_cfg, train_eps)
     val_sampler = SequenceSampler(dataset, sampler_cfg, val_eps) if len(val_eps) else None
-    normalizer = train_sampler.fit_normalizer()
     spec = PolicySpec.from_obs({k: (dataset.schema.obs[k].shape, dataset.schema.obs[k].dtype) for k in obs_keys},
                                dataset.schema.action.shape[0], n_obs=config.n_obs, horizon=config.horizon,
                                n_action_steps=config.n_action_steps)
-    if teacher is not None:
+
+    # The policy: fresh (same seed on every rank, then rank 0's weights broadcast) or the raw weights + EMA of last/.
+    torch.manual_seed(config.seed)
+    state: dict[str, Any] = {}
+    if resuming:
+        policy = load_checkpoint(last_dir, device=device, use_ema=False)
+        spec.check_compatible(policy.spec)
+        if teacher is not None:
+            policy.attach_teacher(teacher)
+        state = torch.load(last_dir / TRAINER_STATE, map_location=device, weights_only=True)
+    elif teacher is not None:
         from policies.consistency import ConsistencyPolicy
 
         policy = ConsistencyPolicy.from_teacher(teacher).to(device)
-        teacher.requires_grad_(False)
     else:
-        policy = make_policy(config.policy, spec, normalizer, config.policy_config or None).to(device)
+        policy = make_policy(config.policy, spec, train_sampler.fit_normalizer(), config.policy_config or None).to(device)
+    if teacher is not None:
+        teacher.requires_grad_(False)
+    ddp.broadcast_policy(policy)
+    policy.train()
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))
+    # The schedule's length is the run's: a resumed run keeps it even if --steps changed, so the LR never jumps.
+    schedule_steps = int(state.get("schedule_steps", config.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, schedule_steps))
     start_step, best = 0, {"success_rate": -1.0, "val_loss": math.inf}
-    last_dir, best_dir = out / "last", out / "best"
-    if config.resume and (last_dir / "trainer_state.pt").exists():
-        policy = load_checkpoint(last_dir, device=device)
-        if teacher is not None:
-            policy.attach_teacher(teacher)
-        params = [p for p in policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))
-        state = torch.load(last_dir / "trainer_state.pt", map_location=device, weights_only=True)
+    history: dict[str, list] = {"step": [], "loss": [], "val_step": [], "val_loss": [], "eval_step": [], "success": []}
+    if resuming:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        start_step, best = int(state["step"]), dict(state["best"])
+        start_step, best, history = int(state["step"]), dict(state["best"]), dict(state["history"])
+        if schedule_steps != config.steps:
+            log.warning("the LR schedule keeps this run's original length (%d steps), not --steps %d; steps past "
+                        "it run at its final learning rate", schedule_steps, config.steps)
+        if int(state.get("batch_size", config.batch_size)) != config.batch_size:
+            log.warning("batch_size changed from %s to %d: the resumed run will not match an uninterrupted one",
+                        state.get("batch_size"), config.batch_size)
         log.info("resumed from %s at step %d", last_dir, start_step)
+    end_step = min(config.steps, config.stop_after) if config.stop_after > 0 else config.steps
 
     writer = None
     if ddp.main:
@@ -213,73 +254,100 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
-        writer = SummaryWriter(str(out / "tb"))
+        writer = SummaryWriter(str(out / "tb"), purge_step=start_step or None)
     extra = {"task": dataset.schema.task, "dataset": str(config.dataset), "fps": dataset.schema.fps,
-             "teacher": str(config.teacher) if config.teacher else None,
+             "teacher": str(config.teacher) if config.teacher else None, "seed": config.seed,
              "robot_config": dataset.schema.robot_config, "train_episodes": int(len(train_eps))}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    history: dict[str, list] = {"step": [], "loss": [], "val_step": [], "val_loss": [], "eval_step": [], "success": []}
 
-    def checkpoint(step: int, directory: Path, figures: dict) -> None:
-        save_checkpoint(directory, policy, {**extra, "step": step, **figures})
-        torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "step": step,
-                    "best": best}, directory / "trainer_state.pt")
+    def save_state(step: int) -> None:
+        """last/: the policy (raw weights + EMA) and the trainer state, one atomic unit."""
+        trainer = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "step": step,
+                   "schedule_steps": schedule_steps, "batch_size": config.batch_size, "best": best,
+                   "history": history}
+        save_checkpoint(last_dir, policy, {**extra, "step": step},
+                        also=lambda d: torch.save(trainer, d / TRAINER_STATE))
 
-    policy.train()
-    bar = tqdm(range(start_step, config.steps), desc=f"train {config.policy}", disable=not (config.progress and ddp.main),
+    def save_best(step: int, figures: dict) -> None:
+        # Raw weights and EMA are both saved; load_checkpoint runs the EMA: the weights that were scored.
+        save_checkpoint(best_dir, policy, {**extra, "step": step, **figures})
+
+    bar = tqdm(range(start_step, end_step), desc=f"train {config.policy}", disable=not (config.progress and ddp.main),
                initial=start_step, total=config.steps)
     started, samples = time.perf_counter(), 0
     for step in bar:
-        batch = _to_device(train_sampler.sample(config.batch_size, rng), device)
-        with autocast:
-            loss = policy.compute_loss(batch)
+        items = _batch_items(config.seed, step, len(train_sampler), config.batch_size)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        ddp.average_gradients(params)
+        loss_sum = torch.zeros((), device=device)
+        for j in range(config.grad_accum):
+            k = ddp.rank * config.grad_accum + j  # this slice's place in the global batch
+            batch = _to_device(train_sampler.get_batch(items[k * micro:(k + 1) * micro]), device)
+            with _seeded_torch(device, _slice_seed(config.seed, step, k)):
+                with autocast:
+                    loss = policy.compute_loss(batch)
+                loss.backward()
+            loss_sum += loss.detach()
+        ddp.sum_gradients(params)
+        if slices > 1:  # summed over slices -> the mean over the global batch
+            for p in params:
+                if p.grad is not None:
+                    p.grad /= slices
         optimizer.step()
         schedule.step()
         policy.after_optimizer_step()
         samples += config.batch_size
         done = step + 1
-        if not ddp.main:
-            continue
-        if done % 25 == 0 or done == config.steps:
-            rate = samples / (time.perf_counter() - started)
-            writer.add_scalar("train/loss", loss.item(), done)
-            writer.add_scalar("train/lr", schedule.get_last_lr()[0], done)
-            writer.add_scalar("train/samples_per_s", rate, done)
-            history["step"].append(done)
-            history["loss"].append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{rate:.0f}")
-        if val_sampler is not None and (done % config.val_every == 0 or done == config.steps):
-            val = validation_loss(policy, val_sampler, config.batch_size, device)
-            writer.add_scalar("val/loss", val, done)
-            history["val_step"].append(done)
-            history["val_loss"].append(val)
-            if config.eval_episodes == 0 and val < best["val_loss"]:
-                best["val_loss"] = val
-                checkpoint(done, best_dir, {"val_loss": val})
+        log_now = done % 25 == 0 or done == config.steps  # not end_step: an interruption leaves no trace
+        if log_now and ddp.world > 1:  # every rank reaches this at the same steps
+            ddp.dist.all_reduce(loss_sum)
+        validate = val_sampler is not None and (done % config.val_every == 0 or done == config.steps)
         evaluate_now = config.eval_episodes > 0 and (
             done == config.steps or (config.eval_every and done % config.eval_every == 0))
-        if evaluate_now:
-            result = _evaluate_in_sim(policy, config, dataset.schema.task, out / f"eval_{done}")
-            writer.add_scalar("eval/success_rate", result["success_rate"], done)
-            history["eval_step"].append(done)
-            history["success"].append(result["success_rate"])
-            if result["success_rate"] > best["success_rate"]:
-                best["success_rate"] = result["success_rate"]
-                checkpoint(done, best_dir, {"success_rate": result["success_rate"]})
-            checkpoint(done, last_dir, {"success_rate": result["success_rate"]})
-        elif done == config.steps:
-            checkpoint(done, last_dir, {})
+        if ddp.main:
+            if log_now:
+                mean_loss = loss_sum.item() / slices
+                rate = samples / (time.perf_counter() - started)
+                writer.add_scalar("train/loss", mean_loss, done)
+                writer.add_scalar("train/lr", schedule.get_last_lr()[0], done)
+                writer.add_scalar("train/samples_per_s", rate, done)  # all ranks together
+                history["step"].append(done)
+                history["loss"].append(mean_loss)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:.0f}")
+            if validate:
+                val = validation_loss(policy, val_sampler, config.batch_size, device)
+                writer.add_scalar("val/loss", val, done)
+                history["val_step"].append(done)
+                history["val_loss"].append(val)
+                if config.eval_episodes == 0 and val < best["val_loss"]:
+                    best["val_loss"] = val
+                    save_best(done, {"val_loss": val})
+            if evaluate_now:
+                result = _evaluate_in_sim(policy, config, dataset.schema.task, out / f"eval_{done}", device)
+                writer.add_scalar("eval/success_rate", result["success_rate"], done)
+                history["eval_step"].append(done)
+                history["success"].append(result["success_rate"])
+                if result["success_rate"] > best["success_rate"]:
+                    best["success_rate"] = result["success_rate"]
+                    save_best(done, {"success_rate": result["success_rate"], "eval_seed": config.eval_seed,
+                                     "eval_episodes": config.eval_episodes})
+            if done == end_step or (config.checkpoint_every and done % config.checkpoint_every == 0):
+                save_state(done)
+        if validate or evaluate_now:
+            ddp.barrier()  # the other ranks wait here, not inside the next all-reduce
     bar.close()
+    identical = ddp.replicas_identical(policy)
+    if not identical:
+        log.error("the DDP replicas diverged: their weights differ after training (report this as a bug)")
+    finished = end_step == config.steps
     best_json = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in best.items()}  # valid JSON
-    summary = {"output_dir": str(out), "steps": config.steps, "obs_keys": list(obs_keys),
+    summary = {"output_dir": str(out), "steps": config.steps, "step": end_step, "finished": finished,
+               "obs_keys": list(obs_keys), "world_size": ddp.world,
+               "replicas_identical": identical,
                "samples_per_s": samples / max(time.perf_counter() - started, 1e-9), "best": best_json}
     if ddp.main:
         writer.close()
-        if not best_dir.exists():  # no evaluation and no validation split: the last checkpoint is the best we know
-            checkpoint(config.steps, best_dir, {})
+        if finished and not best_dir.exists():  # nothing to select on: the last weights are the best we know
+            save_best(end_step, {})
         plot_training(history, out / "training.png")
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     ddp.close()
@@ -289,24 +357,25 @@ def train(config: TrainConfig) -> dict[str, Any]:
 @torch.no_grad()
 def validation_loss(policy: Any, sampler: SequenceSampler, batch_size: int, device: torch.device,
                     batches: int = 8) -> float:
-    """Mean loss over fixed validation batches (same items every time, so curves are comparable)."""
-    was_training = policy.training
-    policy.eval()
-    rng = np.random.default_rng(12345)
-    losses = [policy.compute_loss(_to_device(sampler.sample(batch_size, rng), device)).item() for _ in range(batches)]
-    policy.train(was_training)
+    """Mean loss of the shipped weights over fixed validation batches with fixed diffusion noise and timesteps,
+    so two evaluations differ only because the weights did."""
+    items = np.random.default_rng(12345).integers(0, len(sampler), size=(batches, batch_size))
+    losses = []
+    with policy.shipped_weights():
+        for i, batch_items in enumerate(items):
+            with _seeded_torch(device, 12345 + i):
+                losses.append(policy.compute_loss(_to_device(sampler.get_batch(batch_items), device)).item())
     return float(np.mean(losses))
 
 
-def _evaluate_in_sim(policy: Any, config: TrainConfig, task: str, out: Path) -> dict:
+def _evaluate_in_sim(policy: Any, config: TrainConfig, task: str, out: Path, device: torch.device) -> dict:
+    """Success of the shipped weights on the validation seeds (never the test seeds robo eval reports)."""
     from robo.evaluate import EvalConfig, evaluate_policy
 
-    was_training = policy.training
-    policy.eval()
-    result = evaluate_policy(policy, EvalConfig(task=task, episodes=config.eval_episodes, num_envs=config.eval_envs,
-                                                output_dir=out, video_episodes=0, progress=False))
-    policy.train(was_training)
-    return result
+    eval_cfg = EvalConfig(task=task, episodes=config.eval_episodes, num_envs=config.eval_envs, seed=config.eval_seed,
+                          output_dir=out, video_episodes=0, progress=False)
+    with policy.shipped_weights(), _seeded_torch(device, config.eval_seed):
+        return evaluate_policy(policy, eval_cfg)
 
 
 def _warmup_cosine(warmup: int, total: int):
