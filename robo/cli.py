@@ -104,6 +104,20 @@ def _improve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_ope(args: argparse.Namespace) -> int:
+    from robo.bench.ope import OPEBenchConfig, run_ope_bench
+
+    run_ope_bench(dataclass_from_args(OPEBenchConfig, args))
+    return 0
+
+
+def _bench_improve(args: argparse.Namespace) -> int:
+    from robo.bench.improve import ImproveBenchConfig, run_improve_bench
+
+    run_improve_bench(dataclass_from_args(ImproveBenchConfig, args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Imported here (cheap: dataclasses only) so the flags come from the same dataclasses the code uses.
     from robo.bench.finetune import FinetuneBenchConfig
@@ -169,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("train", help="training samples per second, beside a baseline UNet")
     add_dataclass_args(p, TrainBenchConfig)
     p.set_defaults(func=_bench_train)
+    from robo.bench.improve import ImproveBenchConfig
+    from robo.bench.ope import OPEBenchConfig
+
+    p = bench_sub.add_parser("ope", help="AM-Q and FQE against simulated success: Spearman, regret@1, gate accuracy")
+    add_dataclass_args(p, OPEBenchConfig)
+    p.set_defaults(func=_bench_ope)
+    p = bench_sub.add_parser("improve", help="true success of BC, gated and ungated offline improvement, Uni-O4")
+    add_dataclass_args(p, ImproveBenchConfig)
+    p.set_defaults(func=_bench_improve)
     return parser
 
 

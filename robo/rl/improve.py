@@ -66,6 +66,10 @@ class ImproveConfig:
     fqe_steps: int = 2000  # FQE optimiser steps per estimate
     eval_episodes: int = 0  # simulated episodes to measure true success before and after (0 = skip)
     eval_seed: int = 10_000  # first evaluation seed (the test seeds robo eval uses)
+    flywheel_rounds: int = 0  # after improving: rounds of rollouts -> merge -> BC retrain -> improve (0 = none)
+    flywheel_rollouts: int = 20  # simulated episodes of the accepted policy per flywheel round
+    flywheel_merge: Literal["success", "all"] = "success"  # BC retrains on success-filtered merged data, or all
+    flywheel_bc_steps: int = 1500  # BC optimiser steps per flywheel round
     seed: int = 0  # everything random: fits, batches, chains, OPE noise
     progress: bool = True  # progress bars
 
@@ -219,6 +223,12 @@ def run_improve(config: ImproveConfig) -> dict[str, Any]:
                "accepted": sum(d.accepted for d in gate.decisions),
                "rejected": sum(not d.accepted for d in gate.decisions), "true_success": true,
                "dataset_success_rate": data.success_rate, "history": history, "output_dir": str(out)}
+    if config.flywheel_rounds:
+        from robo.rl.flywheel import FlywheelConfig, run_flywheel
+
+        summary["flywheel"] = run_flywheel(out / "accepted", Path(config.dataset), config, FlywheelConfig(
+            rounds=config.flywheel_rounds, rollouts=config.flywheel_rollouts, merge=config.flywheel_merge,
+            bc_steps=config.flywheel_bc_steps, progress=config.progress), out / "flywheel")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
