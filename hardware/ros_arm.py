@@ -8,6 +8,7 @@ and shuts down repeatedly, never touch the global default context.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,11 @@ from hardware.arm import (
     integrate_action,
     validate_action,
 )
+
+
+class ArmNotReadyError(TimeoutError, RuntimeError):
+    """The arm sent no usable state (or nobody listens to its command topics) in time. A TimeoutError for callers
+    that wait and retry; a RuntimeError so the command line prints it as one line."""
 
 
 def _default_arm_joints() -> list[str]:
@@ -224,8 +230,16 @@ class RosArm:
                 self.read_state()
                 if self._target_pub.get_subscription_count() > 0 and self._gripper_pub.get_subscription_count() > 0:
                     return
-                last_err = RuntimeError("command topics have no subscriber yet")
+                last_err = RuntimeError(f"nothing subscribes to {self.config.target_pose_topic} and "
+                                        f"{self.config.gripper_command_topic} (is the controller loaded?)")
             except StaleStateError as e:
                 last_err = e
             time.sleep(0.02)
-        raise TimeoutError(f"arm not ready after {timeout_s}s: {last_err}")
+        raise ArmNotReadyError(self._not_ready_message(timeout_s, last_err))
+
+    def _not_ready_message(self, timeout_s: float, last_err: Exception | None) -> str:
+        """One line: what was missing, and the usual causes (driver not running, another ROS_DOMAIN_ID, topics)."""
+        domain = self.config.domain_id if self.config.domain_id is not None else os.environ.get("ROS_DOMAIN_ID", "0")
+        return (f"the arm is not ready after {timeout_s:g} s ({last_err}): start the arm's ROS 2 driver and "
+                f"controller, check it runs on ROS_DOMAIN_ID={domain} like this process, and that the topics in the "
+                f"robot config match its launch files (`ros2 topic list`)")

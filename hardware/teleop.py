@@ -37,6 +37,17 @@ class TeleopError(RuntimeError):
     """A teleop device could not be opened or read."""
 
 
+def _no_keyboard_reason(error: Exception) -> str:
+    """One line saying why pynput cannot read the keyboard here and what to do (pynput's own text spans lines)."""
+    display = os.environ.get("DISPLAY")
+    if not display:
+        return ("keyboard teleop needs a graphical session and DISPLAY is not set: run `robo collect` from a desktop "
+                "terminal (or over `ssh -X`), or record with --source spacemouse")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"keyboard teleop cannot use the display DISPLAY={display} (pynput: {first}); check that the X server "
+            f"is running and reachable, or record with --source spacemouse")
+
+
 @dataclass(frozen=True)
 class TeleopCommand:
     """One teleop sample: the action to send now and the events seen since the previous read()."""
@@ -121,11 +132,12 @@ class KeyboardTeleop:
         if os.environ.get("PYNPUT_BACKEND") == "dummy":
             # The dummy backend constructs but its listener thread dies with NotImplementedError; fail loudly
             # instead of teleoperating with a keyboard that is silently ignored.
-            raise TeleopError("pynput backend 'dummy' cannot listen to keys; run with a display or KeyboardConfig(listen=False)")
+            raise TeleopError("keyboard teleop cannot listen with PYNPUT_BACKEND=dummy (a test setting); unset it "
+                              "and run from a desktop session, or record with --source spacemouse")
         try:
             from pynput import keyboard
-        except ImportError as e:  # no X display and no backend: pynput raises at import
-            raise TeleopError(f"keyboard teleop unavailable (pynput: {e}); set DISPLAY or PYNPUT_BACKEND") from None
+        except ImportError as e:  # no X display and no backend: pynput raises at import, with a multi-line text
+            raise TeleopError(_no_keyboard_reason(e)) from None
         self._listener = keyboard.Listener(on_press=self.on_press, on_release=self.on_release)
         self._listener.start()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from robo.config_cli import add_dataclass_args, dataclass_from_args
@@ -199,10 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    # PyOpenGL announces at INFO, on every command that renders, that an optional accelerator is not installed.
+    logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     from robo.data.schema import DatasetError
 
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that went away shows here, inside the handler, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `robo data info --json | head`: the reader stopped reading. Quiet, as Unix tools are; 141 = 128 + SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (DatasetError, FileNotFoundError, ValueError, RuntimeError) as exc:
         # Bad input gets one line saying what is wrong; -v shows the traceback.
         if args.verbose:

@@ -33,6 +33,7 @@ class CollectConfig:
     source: SourceName = "scripted"  # who chooses the actions (scripted needs the sim)
     robot: Literal["sim", "real"] = "sim"  # sim: robosuite; real: the arm and cameras of --robot-config over ROS 2
     robot_config: Path | None = None  # real robot YAML (default hardware/robots/panda_real.yaml)
+    ready_timeout_s: float = 10.0  # real robot: how long to wait for the arm's first fresh state before giving up
     episodes: int = 20  # episodes to save (discarded ones do not count)
     seed: int = 0  # seed of the first episode; episode i uses seed + i
     cameras: tuple[str, ...] = ()  # e.g. ("agentview", "robot0_eye_in_hand"); empty = low-dim only
@@ -41,7 +42,7 @@ class CollectConfig:
     keep_successes_only: bool = False  # drop failed episodes instead of saving them
     max_attempts: int | None = None  # give up after this many episodes (default 3x episodes)
     realtime: bool | None = None  # pace to the control rate; default: on for teleop/real, off for scripted
-    zarr_format: int = 3  # 2 writes a store zarr-2 readers (Diffusion Policy, RL-100) open unchanged
+    zarr_format: int | None = None  # 2: zarr-2 readers (Diffusion Policy, RL-100) open it; default 3, or the store's own when appending
     compression: Literal["lz4", "zstd", "none"] = "lz4"  # lz4 keeps recording cheap; merge to zstd to archive
     action_noise_std: float = 0.0  # scripted expert: Gaussian noise on its actions
     waypoint_jitter_m: float = 0.0  # scripted expert: random offsets of its waypoints
@@ -153,17 +154,23 @@ class CollectStats:
         return self.saved_successes / self.saved if self.saved else 0.0
 
 
-def open_or_create(path: Path, schema: DatasetSchema, zarr_format: int, compression: str) -> ZarrDataset:
-    """Append to an existing dataset only when its schema matches; otherwise create it."""
+def open_or_create(path: Path, schema: DatasetSchema, zarr_format: int | None, compression: str) -> ZarrDataset:
+    """Append to an existing dataset only when its schema (and the zarr format, if one is asked for) matches;
+    otherwise create it (zarr-3 unless ``zarr_format`` says 2)."""
     if path.exists() and any(path.iterdir()):
-        ds = ZarrDataset.open(path, mode="a")
-        problem = ds.schema.mismatch(schema)
+        # Checked read-only first: a refused append must not even drop a torn tail.
+        with ZarrDataset.open(path) as existing:
+            problem, have = existing.schema.mismatch(schema), existing.zarr_format
         if problem:
-            ds.close()
             raise DatasetError(f"cannot append to {path}: {problem}; record into a new --output")
-        return ds
+        if zarr_format is not None and zarr_format != have:
+            # A store has one format: appending "as zarr-3" to a zarr-2 store would silently stay zarr-2.
+            raise DatasetError(f"cannot append to {path}: it is a zarr-{have} store and --zarr-format {zarr_format} "
+                               f"was asked for; drop --zarr-format to append in zarr-{have}, or convert it first "
+                               f"with `robo data merge {path} -o NEW --zarr-format {zarr_format}`")
+        return ZarrDataset.open(path, mode="a")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return ZarrDataset.create(path, schema, zarr_format=zarr_format, compression=compression)
+    return ZarrDataset.create(path, schema, zarr_format=zarr_format or 3, compression=compression)
 
 
 def record(env: Any, source: ActionSource, dataset: ZarrDataset, config: CollectConfig,
@@ -247,7 +254,7 @@ def _make_env(config: CollectConfig) -> Any:
         if config.source == "scripted":
             raise DatasetError("the scripted expert needs the simulator's privileged state; on the real arm use "
                                "--source keyboard or --source spacemouse")
-        return make_real_env(load_robot_config(config.robot_config or DEFAULT_ROBOT))
+        return make_real_env(load_robot_config(config.robot_config or DEFAULT_ROBOT), config.ready_timeout_s)
     from sim.env import EnvConfig, SimEnv
 
     return SimEnv(EnvConfig(task=config.task, cameras=tuple(config.cameras), image_height=config.image_size,

@@ -10,9 +10,17 @@ from conftest import episode_steps, info, small_schema
 from robo.data.store import ZarrDataset
 
 
-def robo(*args, cwd=None):
+def robo(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "robo.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+                          cwd=cwd, timeout=120, env=env)
+
+
+def one_line_error(result, *fragments):
+    """stderr is exactly one ``error: ...`` line (no traceback, no library chatter) holding every fragment."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_not_a_dataset_is_one_line_exit_2(tmp_path):
@@ -54,3 +62,63 @@ def test_eval_refuses_a_directory_that_is_not_a_checkpoint(tmp_path):
     result = robo("eval", "--checkpoint", tmp_path / "ckpt", "--episodes", 1)
     assert result.returncode == 2 and "is not a checkpoint" in result.stderr
 
+
+
+def test_info_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`robo data info --json | head`: the reader is gone before we write; no BrokenPipeError traceback."""
+    import os
+
+    path = tmp_path / "ds.zarr"
+    with ZarrDataset.create(path, small_schema()) as ds:
+        ds.append_episode(episode_steps(0, 10), info(0))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "robo.cli", "data", "info", "--json", str(path)],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141 and result.stderr == ""
+
+
+def test_check_fails_a_zarr2_store_its_readers_refuse_and_repair_names_the_same_tail(tmp_path):
+    path = tmp_path / "ds.zarr"
+    with ZarrDataset.create(path, small_schema(), zarr_format=2) as ds:
+        for e in range(2):
+            ds.append_episode(episode_steps(e, 20), info(e))
+    # What a crash inside a commit leaves: arrays sized past episode_ends[-1] and the episode record written.
+    root = zarr.open_group(str(path), mode="r+")
+    for _, arr in root["data"].arrays():
+        arr.resize((45, *arr.shape[1:]))
+    root["meta"].attrs["episodes"] = list(root["meta"].attrs["episodes"]) + [info(2).to_json()]
+    checked = robo("data", "check", path)
+    assert checked.returncode == 1 and "NEEDS REPAIR" in checked.stdout and "ReplayBuffer" in checked.stdout
+    assert "torn tail of 5 steps, 1 episode record" in checked.stdout
+    repaired = robo("data", "repair", path)
+    assert repaired.returncode == 0 and "dropped a torn tail of 5 steps, 1 episode record and 0 damaged" in repaired.stdout
+    assert robo("data", "check", path).returncode == 0
+
+
+def test_collect_refuses_another_zarr_format_onto_an_existing_store_in_one_line(tmp_path):
+    path = tmp_path / "demos.zarr"
+    first = robo("collect", "--episodes", 1, "--zarr-format", 2, "--output", path, "--no-progress")
+    assert first.returncode == 0 and first.stderr == "", first.stderr  # no OpenGL INFO line either
+    one_line_error(robo("collect", "--episodes", 1, "--zarr-format", 3, "--output", path, "--no-progress"),
+                   "zarr-2 store and --zarr-format 3", "drop --zarr-format")
+    again = robo("collect", "--episodes", 1, "--output", path, "--no-progress")  # no flag: the store's own format
+    assert again.returncode == 0 and ZarrDataset.open(path).n_episodes == 2 and ZarrDataset.open(path).zarr_format == 2
+
+
+def test_real_arm_not_connected_is_one_line(tmp_path):
+    # conftest keeps ROS discovery on loopback and picks a domain of its own: nothing answers here.
+    one_line_error(robo("collect", "--robot", "real", "--source", "spacemouse", "--ready-timeout-s", 1,
+                        "--output", tmp_path / "real.zarr"),
+                   "the arm is not ready after 1 s", "start the arm's ROS 2 driver", "ROS_DOMAIN_ID")
+
+
+def test_keyboard_teleop_without_a_display_is_one_line(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "PYNPUT_BACKEND", "WAYLAND_DISPLAY")}
+    one_line_error(robo("collect", "--source", "keyboard", "--output", tmp_path / "kb.zarr", env=env),
+                   "keyboard teleop needs a graphical session and DISPLAY is not set", "--source spacemouse")

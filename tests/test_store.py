@@ -126,7 +126,7 @@ def test_sigkill_mid_episode_keeps_every_committed_episode(tmp_path, zarr_format
         n = ds.n_episodes
         ds.append_episode(episode_steps(n, 40, image=True), info(n))
     after = check(path)
-    assert after.ok and after.n_episodes == n + 1 and after.torn_tail_steps == 0
+    assert after.clean and after.n_episodes == n + 1 and not after.torn_tail
 
 
 def test_append_with_other_schema_is_refused_and_nothing_changes(tmp_path):
@@ -236,3 +236,91 @@ def test_episode_info_validation():
         EpisodeInfo(source="dream", success=True)
     with pytest.raises(DatasetError, match="clash"):
         DatasetSchema(obs={"reward": ArraySpec((1,), "float32")}, action=ArraySpec((7,), "float32"), fps=20, task="x")
+
+
+# ---------------------------------------------------------------------------------------------- torn tails
+
+
+def _zarr2_readers_accept(path: Path) -> bool:
+    """The condition Diffusion Policy's ReplayBuffer asserts on opening: every data array is exactly as long as
+    the last entry of meta/episode_ends."""
+    root = zarr.open_group(str(path), mode="r", zarr_format=2)
+    end = int(root["meta/episode_ends"][-1])
+    return all(arr.shape[0] == end for _, arr in root["data"].arrays())
+
+
+def _abandon_mid_episode(path: Path, steps: int) -> None:
+    """A recorder that dies mid-episode: steps streamed, no commit, no discard (the process is gone)."""
+    with ZarrDataset.open(path, mode="a") as ds:
+        writer = ds.new_episode()
+        writer.add_steps(episode_steps(99, steps))
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_crash_mid_episode_leaves_arrays_ending_at_episode_ends(tmp_path, zarr_format):
+    path = tmp_path / "ds.zarr"
+    _fill(path, 2, zarr_format=zarr_format)  # ends 30, 67
+    _abandon_mid_episode(path, 3000)  # several 1024-step chunks past the end
+    if zarr_format == 2:
+        assert _zarr2_readers_accept(path)
+    report = check(path)
+    assert report.clean and report.torn_tail.steps == 0 and report.torn_tail.chunk_files >= 2
+    assert "unused chunk file" in report.summary() and report.summary().split(": ")[1].startswith("OK")
+    # The next append drops the leftover chunk files and the episode lands right after the committed ones.
+    with ZarrDataset.open(path, mode="a") as ds:
+        ds.append_episode(episode_steps(2, 44), info(2))
+    after = check(path)
+    assert after.clean and not after.torn_tail and after.n_episodes == 3
+    np.testing.assert_array_equal(ZarrDataset.open(path).episode(2)["eef_pos"], episode_steps(2, 44)["eef_pos"])
+    if zarr_format == 2:
+        assert _zarr2_readers_accept(path)
+
+
+def _crash_inside_commit(path: Path, monkeypatch) -> None:
+    """A recorder that dies inside the commit: arrays already sized to the new end and the episode record
+    written, episode_ends not yet extended (the commit's own order)."""
+    def record_then_die(self, length, episode_info):
+        episode_info.length = length
+        self._root["meta"].attrs["episodes"] = [e.to_json() for e in self._episodes] + [episode_info.to_json()]
+        raise KeyboardInterrupt("killed inside the commit")
+
+    with monkeypatch.context() as m:
+        m.setattr(ZarrDataset, "_commit", record_then_die)
+        with ZarrDataset.open(path, mode="a") as ds, pytest.raises(KeyboardInterrupt):
+            ds.append_episode(episode_steps(2, 12), info(2))
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_crash_inside_the_commit_is_reported_the_same_by_check_and_repair(tmp_path, monkeypatch, caplog,
+                                                                             zarr_format):
+    path = tmp_path / "ds.zarr"
+    _fill(path, 2, zarr_format=zarr_format)
+    _crash_inside_commit(path, monkeypatch)
+    report = check(path)
+    assert report.ok and report.n_episodes == 2
+    assert report.torn_tail.describe() == "12 steps, 1 episode record"
+    if zarr_format == 2:
+        # zarr-2 readers refuse this store, so check must not pass it.
+        assert not _zarr2_readers_accept(path)
+        assert not report.clean and "NEEDS REPAIR" in report.summary() and "ReplayBuffer" in report.summary()
+    else:
+        assert report.clean and "12 steps, 1 episode record" in report.summary()
+    before, dropped = repair(path)
+    assert before.torn_tail == report.torn_tail and dropped == 0
+    assert "dropping a torn tail left by an interrupted recording (12 steps, 1 episode record)" in caplog.text
+    after = check(path)
+    assert after.clean and not after.torn_tail and after.n_episodes == 2
+    if zarr_format == 2:
+        assert _zarr2_readers_accept(path)
+
+
+def test_the_next_append_repairs_a_torn_tail_first(tmp_path, monkeypatch):
+    path = tmp_path / "ds.zarr"
+    _fill(path, 2, zarr_format=2)
+    _crash_inside_commit(path, monkeypatch)
+    with ZarrDataset.open(path, mode="a") as ds:
+        assert not ds.torn_tail()  # dropped on opening, before anything is written
+        ds.append_episode(episode_steps(2, 20), info(2))
+    assert _zarr2_readers_accept(path) and check(path).clean
+    ds = ZarrDataset.open(path)
+    assert [e.seed for e in ds.episodes] == [0, 1, 2] and list(ds.episode_ends) == [30, 67, 87]

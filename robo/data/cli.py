@@ -79,7 +79,7 @@ def _check(args: argparse.Namespace) -> int:
     print(report.summary())
     for problem in report.problems:
         print(f"  problem: {problem}")
-    return 0 if report.ok else 1
+    return 0 if report.clean else 1
 
 
 def _repair(args: argparse.Namespace) -> int:
@@ -87,9 +87,9 @@ def _repair(args: argparse.Namespace) -> int:
 
     before, dropped = repair(args.path, progress=True)
     after = check(args.path)
-    print(f"dropped a torn tail of {before.torn_tail_steps} steps and {dropped} damaged episodes")
+    print(f"dropped a torn tail of {before.torn_tail.describe()} and {dropped} damaged episodes")
     print(after.summary())
-    return 0 if after.ok else 1
+    return 0 if after.clean else 1
 
 
 def summarize(path: Path) -> dict:

@@ -1,4 +1,11 @@
-"""``robo data check`` and ``robo data repair``: find and cut damage without touching good episodes."""
+"""``robo data check`` and ``robo data repair``: find and cut damage without touching good episodes.
+
+Two kinds of finding. *Damage* (``problems``): committed episodes that cannot be read as written; repair drops
+them. A *torn tail* (``TornTail``): what an interrupted writer left past the last commit; our readers ignore it,
+but on a zarr-2 store a tail inside the arrays' shape makes zarr-2 readers (Diffusion Policy's ReplayBuffer)
+refuse the store, so check fails on it there too. Check, repair and append count the tail with the same
+function, so they agree on what it holds.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +15,42 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from robo.data.store import ZarrDataset, _open_group, _read_layout, committed_episode_ends
+from robo.data.store import TornTail, ZarrDataset, _open_group, _read_layout, committed_episode_ends
 
 
 @dataclass
 class CheckReport:
     path: Path
+    zarr_format: int = 3  # the store's format: a torn tail matters to zarr-2 readers only on a zarr-2 store
     n_episodes: int = 0
     n_steps: int = 0
-    torn_tail_steps: int = 0  # steps past the last commit (an interrupted recording); harmless, repairable
-    torn_tail_entries: int = 0  # episode_ends / episode records past the last commit
+    torn_tail: TornTail = TornTail()  # left past the last commit by an interrupted writer; repairable
     problems: list[str] = field(default_factory=list)  # damage within committed episodes
     first_bad_step: int | None = None  # the earliest committed step that cannot be read
 
     @property
     def ok(self) -> bool:
+        """Every committed episode reads back as written (our readers open the store)."""
         return not self.problems
 
+    @property
+    def zarr2_readers_refuse(self) -> bool:
+        """A zarr-2 store that Diffusion Policy's ReplayBuffer would refuse until it is repaired."""
+        return self.zarr_format == 2 and self.torn_tail.blocks_zarr2_readers
+
+    @property
+    def clean(self) -> bool:
+        """What ``robo data check`` exits 0 on: no damage, and no tail that a reader of this format trips on."""
+        return self.ok and not self.zarr2_readers_refuse
+
     def summary(self) -> str:
-        state = "OK" if self.ok else "DAMAGED"
+        state = "DAMAGED" if not self.ok else "NEEDS REPAIR" if self.zarr2_readers_refuse else "OK"
         line = f"{self.path}: {state}, {self.n_episodes} episodes, {self.n_steps} steps"
-        if self.torn_tail_steps or self.torn_tail_entries:
-            line += f"; torn tail of {self.torn_tail_steps} steps / {self.torn_tail_entries} entries (run `robo data repair`)"
+        if self.zarr2_readers_refuse:
+            line += (f"; torn tail of {self.torn_tail.describe()}: zarr-2 readers (Diffusion Policy's ReplayBuffer) "
+                     f"refuse the store until `robo data repair` (or the next append) drops it")
+        elif self.torn_tail:
+            line += f"; torn tail of {self.torn_tail.describe()} (ignored by readers; `robo data repair` drops it)"
         return line
 
 
@@ -67,8 +88,8 @@ def check(path: str | Path, *, progress: bool = False) -> CheckReport:
     root = _open_group(path, "r")
     layout = _read_layout(root, path)
     ends = committed_episode_ends(layout.raw_ends)
-    report.torn_tail_entries = max(len(layout.raw_ends) - len(ends), len(layout.raw_episodes) - len(ends), 0)
     ds = ZarrDataset(path, root, layout, writable=False, allow_truncated=True)
+    report.zarr_format = ds.zarr_format
     # Count every committed episode, including any a truncated array no longer backs (repair drops those).
     report.n_episodes, report.n_steps = min(len(ends), len(layout.raw_episodes)), ds.n_steps
     if len(ends) > ds.n_episodes:
@@ -76,7 +97,8 @@ def check(path: str | Path, *, progress: bool = False) -> CheckReport:
         short = min(lengths, key=lengths.get)
         report.problems.append(f"data/{short} has {lengths[short]} steps but committed episodes end at {ends[-1]} (truncated)")
         report.first_bad_step = lengths[short]
-    report.torn_tail_steps = max(int(a.shape[0]) for a in layout.arrays.values()) - ds.n_steps if ds.n_episodes == len(ends) else 0
+    # Counted from the state repair starts from, so check and repair report the same tail.
+    report.torn_tail = ds.torn_tail()
     if len(layout.raw_episodes) < len(ends):
         report.problems.append(f"{len(ends)} committed episodes but {len(layout.raw_episodes)} episode records")
     for i, info in enumerate(ds.episodes):
@@ -88,7 +110,8 @@ def check(path: str | Path, *, progress: bool = False) -> CheckReport:
 
 
 def repair(path: str | Path, *, progress: bool = False) -> tuple[CheckReport, int]:
-    """Drop the torn tail and any committed episodes from the first damaged step on. Returns (report, dropped)."""
+    """Drop the torn tail and any committed episodes from the first damaged step on. Returns (the report from
+    before the repair, the number of damaged episodes dropped); ``report.torn_tail`` is the tail it dropped."""
     report = check(path, progress=progress)
     # Opening for append drops the torn tail (and, allowed here, episodes a truncated array no longer backs).
     with ZarrDataset.open(path, mode="a", allow_truncated=True) as ds:

@@ -9,10 +9,15 @@ Layout (readable by Diffusion Policy / RL-100 loaders when written with ``zarr_f
 
 Crash safety. zarr's LocalStore writes every object to a temporary file and renames it into place, so each chunk
 and each metadata document is either old or new, never half-written. On top of that, ``meta/episode_ends`` is the
-commit point: steps are streamed into ``data/`` past the committed end while an episode is recorded, the episode
-record is written next, and only then is ``episode_ends`` extended. Whatever a crash leaves past the last
-committed end (longer arrays, an extra episode record, an ``episode_ends`` entry whose chunk never landed) is a
-*torn tail*: readers ignore it, ``repair`` (and opening for append) drops it.
+commit point. While an episode records, its steps are streamed as chunk files *past the arrays' recorded shape*
+(through a view of each array with a larger shape that is never saved), so the arrays on disk keep ending exactly
+at ``episode_ends[-1]`` and zarr-2 readers that insist on that (Diffusion Policy's ReplayBuffer) open the store
+even after a crash mid-episode. The commit then sizes each array to the new end, writes the episode record, and
+only then extends ``episode_ends``. Whatever a crash leaves past the last commit is a *torn tail* (``TornTail``):
+chunk files past the shape (invisible to every reader), or, if the crash lands inside the few-millisecond commit,
+arrays longer than ``episode_ends[-1]``, an extra episode record, an ``episode_ends`` entry whose chunk never
+landed. Our readers ignore it; ``robo data check`` reports it (and fails on a zarr-2 store whose zarr-2 readers
+would refuse it); ``robo data repair`` and opening for append drop it.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import numpy as np
 import zarr
+from zarr.core.array import Array, AsyncArray
 
 from robo.data.schema import ACTION_KEY, ArraySpec, DatasetError, DatasetSchema, EpisodeInfo
 
@@ -101,6 +108,67 @@ def committed_episode_ends(raw_ends: np.ndarray) -> np.ndarray:
     return ends
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}" if n else ""
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """What an interrupted writer left past the last commit. check, repair and append all count it here, so they
+    agree on what it holds."""
+
+    steps: int = 0  # steps the longest data array holds past episode_ends[-1] (a crash inside a commit)
+    end_entries: int = 0  # meta/episode_ends entries past the last valid commit
+    records: int = 0  # episode records (meta attrs "episodes") past the last commit
+    chunk_files: int = 0  # chunk files wholly past an array's shape (a crash mid-episode; no reader sees them)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps or self.end_entries or self.records or self.chunk_files)
+
+    @property
+    def blocks_zarr2_readers(self) -> bool:
+        """Diffusion Policy's ReplayBuffer (and loaders built on it) require every data array to end exactly at
+        ``episode_ends[-1]``; they refuse a store with longer arrays or a stray ``episode_ends`` entry."""
+        return self.steps > 0 or self.end_entries > 0
+
+    def describe(self) -> str:
+        parts = (_count(self.steps, "step"), _count(self.end_entries, "episode_ends entry", "episode_ends entries"),
+                 _count(self.records, "episode record"), _count(self.chunk_files, "unused chunk file"))
+        return ", ".join(p for p in parts if p) or "nothing"
+
+
+_METADATA_FILES = {".zarray", ".zattrs", ".zgroup", "zarr.json"}
+
+
+def _chunk_files_past(arr: zarr.Array, array_dir: Path, n_steps: int) -> list[Path]:
+    """Chunk files of ``arr`` whose first step is at or past ``n_steps`` (the partly-used boundary chunk stays)."""
+    if not array_dir.is_dir():
+        return []
+    step = int(arr.chunks[0])
+    first_unused = -(-n_steps // step)  # ceil: the chunk after the one holding step n_steps - 1
+    found = []
+    for dirpath, _, files in os.walk(array_dir):
+        for name in files:
+            if name in _METADATA_FILES or name.startswith("."):
+                continue  # metadata and LocalStore's temporary files
+            key = os.path.relpath(os.path.join(dirpath, name), array_dir)
+            parts = [p for p in re.split(r"[./\\]", key) if p]
+            if parts and parts[0] == "c":  # zarr v3 default chunk-key encoding "c/<i>/<j>..."
+                parts = parts[1:]
+            if parts and parts[0].isdigit() and int(parts[0]) >= first_unused:
+                found.append(Path(dirpath) / name)
+    return found
+
+
+def _staging_view(arr: zarr.Array, n_steps: int) -> zarr.Array:
+    """``arr`` as if it were ``n_steps`` long, without saving that shape: writes through it land as chunk files
+    past the recorded shape, which no reader looks at until a commit resizes the array over them."""
+    inner = arr.async_array
+    shape = (n_steps, *arr.shape[1:])
+    return Array(AsyncArray(metadata=inner.metadata.update_shape(shape), store_path=inner.store_path,
+                            config=inner._config))
+
+
 @dataclass
 class _Layout:
     """The raw state of a store, before deciding what is committed."""
@@ -148,6 +216,9 @@ class ZarrDataset:
         self._arrays = layout.arrays
         self._writable = writable
         self._ends = committed_episode_ends(layout.raw_ends)
+        # The last commit record, before any damage below trims what is readable: the torn tail is what lies past
+        # it, so damage to committed episodes never counts as tail (nor the other way round).
+        self._last_commit = (len(self._ends), int(self._ends[-1]) if len(self._ends) else 0)
         # The commit sizes every array before it extends episode_ends, so a committed end past an array's length
         # is damage (a deleted or truncated file), not an interrupted recording.
         short_key, data_len = min(((k, int(a.shape[0])) for k, a in self._arrays.items()), key=lambda kv: kv[1])
@@ -283,28 +354,44 @@ class ZarrDataset:
         if n_episodes < self.n_episodes:
             self._ends = self._ends[:n_episodes]
             self._episodes = self._episodes[:n_episodes]
-            self._raw_end_count = -1  # forces _drop_torn_tail to rewrite episode_ends
             self._drop_torn_tail()
 
-    def _drop_torn_tail(self) -> None:
-        """Make the on-disk state equal to the committed state (after a crash of an earlier writer)."""
+    def torn_tail(self) -> TornTail:
+        """What lies on disk past the committed episodes (see :class:`TornTail`)."""
+        count, end = self._last_commit
+        orphans = sum(len(_chunk_files_past(a, self.path / "data" / k, max(end, int(a.shape[0]))))
+                      for k, a in self._arrays.items())
+        return TornTail(steps=max([int(a.shape[0]) - end for a in self._arrays.values()] + [0]),
+                        end_entries=max(0, self._raw_end_count - count),
+                        records=max(0, len(self._root["meta"].attrs.get("episodes", [])) - count),
+                        chunk_files=orphans)
+
+    def _drop_torn_tail(self) -> TornTail:
+        """Make the on-disk state equal to the committed state (after a crash of an earlier writer); returns what
+        it dropped."""
+        tail = self.torn_tail()
         n = self.n_steps
-        torn_steps = {k: int(a.shape[0]) - n for k, a in self._arrays.items() if a.shape[0] != n}
+        damaged = self._last_commit != (self.n_episodes, n)  # repair cut committed episodes too
+        if not tail and not damaged:
+            return tail
+        if tail:
+            log.warning("%s: dropping a torn tail left by an interrupted recording (%s)", self.path, tail.describe())
         meta = self._root["meta"]
-        raw_records = len(meta.attrs.get("episodes", []))
-        if not torn_steps and self._raw_end_count == self.n_episodes and raw_records == self.n_episodes:
-            return
-        log.warning("%s: dropping a torn tail left by an interrupted recording (%d steps, %d episode entries)",
-                    self.path, max(torn_steps.values(), default=0), max(0, self._raw_end_count - self.n_episodes))
+        # episode_ends first: once it ends at the committed episodes, nothing past them can read as committed.
+        ends_arr = meta["episode_ends"]
+        if damaged or self._raw_end_count != self.n_episodes:
+            ends_arr.resize((self.n_episodes,))
+            if self.n_episodes:
+                ends_arr[:] = self._ends
+        meta.attrs["episodes"] = [e.to_json() for e in self._episodes]
         for key, arr in self._arrays.items():
             if arr.shape[0] != n:
-                arr.resize((n, *arr.shape[1:]))
-        meta.attrs["episodes"] = [e.to_json() for e in self._episodes]
-        ends_arr = meta["episode_ends"]
-        ends_arr.resize((self.n_episodes,))
-        if self.n_episodes:
-            ends_arr[:] = self._ends
+                arr.resize((n, *arr.shape[1:]))  # zarr deletes the chunk files wholly past the new shape
+            for orphan in _chunk_files_past(arr, self.path / "data" / key, n):
+                orphan.unlink(missing_ok=True)
         self._raw_end_count = self.n_episodes
+        self._last_commit = (self.n_episodes, n)
+        return tail
 
     def new_episode(self) -> EpisodeWriter:
         self._require_writable()
@@ -327,6 +414,7 @@ class ZarrDataset:
         self._ends = np.append(self._ends, np.int64(new_end))
         self._episodes.append(info)
         self._raw_end_count = self.n_episodes
+        self._last_commit = (self.n_episodes, new_end)
         return self.n_episodes - 1
 
 
@@ -346,7 +434,6 @@ class EpisodeWriter:
         self._buffers: dict[str, list[np.ndarray]] = {k: [] for k in self._specs}
         self._pending = {k: 0 for k in self._specs}  # buffered steps per key
         self._chunk = {k: int(dataset.array(k).chunks[0]) for k in self._specs}
-        self._capacity = {k: int(dataset.array(k).shape[0]) for k in self._specs}
         self._open = True
 
     def __len__(self) -> int:
@@ -402,12 +489,8 @@ class EpisodeWriter:
             if upto <= written:
                 continue
             block = np.concatenate(buf, axis=0) if len(buf) > 1 else buf[0]
-            arr = self._ds.array(key)
-            if upto > self._capacity[key]:
-                # Grow in large steps so metadata is not rewritten every flush; the commit trims to size.
-                self._capacity[key] = max(upto, self._capacity[key] + 16 * self._chunk[key])
-                arr.resize((self._capacity[key], *arr.shape[1:]))
-            arr[written:upto] = block[: upto - written]
+            # Past the recorded shape: the saved array keeps ending at the last commit until this one commits.
+            _staging_view(self._ds.array(key), upto)[written:upto] = block[: upto - written]
             rest = block[upto - written:]
             self._buffers[key] = [rest] if len(rest) else []
             self._pending[key] = len(rest)
@@ -429,11 +512,11 @@ class EpisodeWriter:
         return self._ds._commit(self._length, info)
 
     def discard(self) -> None:
-        """Drop the steps written so far; the committed episodes are untouched."""
+        """Drop the steps written so far; the committed episodes are untouched (they were never in the shape)."""
         if not self._open:
             return
         for key in self._specs:
             arr = self._ds.array(key)
-            if arr.shape[0] != self._start:
-                arr.resize((self._start, *arr.shape[1:]))
+            for orphan in _chunk_files_past(arr, self._ds.path / "data" / key, self._start):
+                orphan.unlink(missing_ok=True)
         self._open = False
