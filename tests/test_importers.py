@@ -1,4 +1,5 @@
-"""Importers: Diffusion Policy zarr round trip, robomimic HDF5 replay against live sim observations."""
+"""Importers: Diffusion Policy zarr round trip, robomimic HDF5 replay against live sim observations, robosuite's
+own demonstration files (written by its DataCollectionWrapper and gather_demonstrations_as_hdf5)."""
 
 import json
 from pathlib import Path
@@ -164,7 +165,7 @@ def test_robomimic_errors(tmp_path):
     bad = tmp_path / "bad.hdf5"
     with h5py.File(bad, "w") as f:
         data = f.create_group("data")
-    with pytest.raises(DatasetError, match="not a robomimic dataset"):
+    with pytest.raises(DatasetError, match="neither robomimic's 'env_args' nor robosuite's 'env_info'"):
         import_robomimic(bad, tmp_path / "o.zarr")
     with pytest.raises(DatasetError, match="does not exist"):
         import_robomimic(tmp_path / "missing.hdf5", tmp_path / "o.zarr")
@@ -189,3 +190,72 @@ def test_robomimic_errors(tmp_path):
         (tmp_path / "junk.hdf5").write_text("junk")
         import_robomimic(tmp_path / "junk.hdf5", tmp_path / "o.zarr")
     assert not (tmp_path / "o.zarr").exists()
+
+
+# ------------------------------------------------------------------------------------------- robosuite's own files
+
+def _record_with_robosuite(tmp_path: Path, overshoot: float) -> tuple[Path, dict[str, np.ndarray]]:
+    """Record one Lift demo the way robosuite's collect_human_demonstrations.py does: the robosuite env wrapped in
+    its DataCollectionWrapper, the episode folder gathered by its gather_demonstrations_as_hdf5 (env_info, demo_1,
+    states and actions only). The operator is our scripted expert with its actions scaled by ``overshoot``, as a
+    teleop device's sensitivity does, so some values land outside [-1, 1]. Returns the file and the live record."""
+    from robosuite.scripts.collect_human_demonstrations import gather_demonstrations_as_hdf5
+    from robosuite.wrappers import DataCollectionWrapper
+
+    from sim.env import EnvConfig, SimEnv
+    from sim.experts import ExpertConfig, make_expert
+
+    env = SimEnv(EnvConfig(task="Lift"))
+    rs = env.unwrapped_robosuite
+    env_info = json.dumps({"env_name": "Lift", "robots": ["Panda"], "controller_configs": env._controller})
+    raw_dir = tmp_path / "raw"
+    recorder = DataCollectionWrapper(rs, str(raw_dir))
+    expert = make_expert(env, ExpertConfig(seed=0))
+    env.reset(seed=0)  # seeds the placement; the wrapper's own reset then starts its episode
+    obs = env._convert(recorder.reset())
+    expert.reset(obs)
+    seen, sent = [], []
+    for _ in range(150):
+        seen.append(obs)
+        action = (np.asarray(expert.act(obs), dtype=np.float64) * overshoot).astype(np.float32)
+        sent.append(action)
+        raw, _, _, _ = recorder.step(action)
+        obs = env._convert(raw)
+        if rs._check_success():
+            break
+    recorder.close()  # flushes the episode folder (and closes the robosuite env)
+    out_dir = tmp_path / "gathered"
+    out_dir.mkdir()
+    gather_demonstrations_as_hdf5(str(raw_dir), str(out_dir), env_info)
+    live = {k: np.stack([o[k] for o in seen]) for k in seen[0]} | {"action": np.asarray(sent)}
+    return out_dir / "demo.hdf5", live
+
+
+def test_robosuite_demonstration_file_imports_with_clipping(tmp_path, capsys):
+    import h5py
+
+    from robo.cli import main
+
+    src, live = _record_with_robosuite(tmp_path, overshoot=1.05)
+    with h5py.File(src, "r") as f:  # the layout robosuite wrote, not robomimic's
+        assert "env_info" in f["data"].attrs and "env_args" not in f["data"].attrs
+        assert list(f["data"].keys()) == ["demo_1"] and set(f["data/demo_1"].keys()) == {"states", "actions"}
+        raw = f["data/demo_1/actions"][:]
+    outside = int((np.abs(raw) > 1.0).sum())
+    assert outside > 0, "the recording should hold actions the controller clips"
+    out = tmp_path / "ours.zarr"
+    assert import_robomimic(src, out) == 1
+    with ZarrDataset.open(out) as ds:
+        ep, e = ds.episode(0), ds.episodes[0]
+        assert e.success and e.extra["origin"] == "robosuite" and e.extra["actions_clipped"] == outside
+        assert ds.schema.robot_config["imported_from"]["format"] == "robosuite"
+        np.testing.assert_array_equal(ep["action"], np.clip(raw, -1, 1))
+        # Replayed observations are the ones the recorder saw (tolerances as for robomimic files, above).
+        assert len(ep["action"]) == len(live["action"])
+        for key, atol in (("joint_pos", 1e-6), ("gripper_qpos", 1e-6), ("eef_pos", 2e-3), ("object_state", 2e-3)):
+            np.testing.assert_allclose(ep[key], live[key], atol=atol, err_msg=key)
+    assert check(out).clean
+    # The command line says how many values it clipped.
+    assert main(["data", "import-robosuite", str(src), "-o", str(tmp_path / "cli.zarr")]) == 0
+    assert (f"imported 1 robosuite demos into {tmp_path / 'cli.zarr'}; {outside} action values outside the "
+            f"controller's input range clipped") in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""``robo data ...`` subcommands: check, repair, info, merge, filter, render, import-dp, import-robomimic."""
+"""``robo data ...`` subcommands: check, repair, info, merge, filter, render, import-dp, import-robomimic
+(alias import-robosuite: robosuite's own demo.hdf5 files import through the same replay)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     p.set_defaults(func=_import_dp)
 
-    p = sub.add_parser("import-robomimic", help="replay a robomimic HDF5 in the sim into a new dataset")
+    p = sub.add_parser("import-robomimic", aliases=["import-robosuite"],
+                       help="replay a robomimic HDF5 or a robosuite demo.hdf5 in the sim into a new dataset")
     p.add_argument("source", type=Path, metavar="SRC.hdf5")
     p.add_argument("-o", "--output", type=Path, required=True, help="new dataset path (must not exist)")
     p.add_argument("--cameras", nargs="+", action="extend", default=[], metavar="CAM",
@@ -174,5 +176,12 @@ def _import_robomimic(args: argparse.Namespace) -> int:
     config = RobomimicImportConfig(cameras=tuple(args.cameras), image_size=args.image_size, depth=args.depth,
                                    limit=args.limit, use_model_xml=args.use_model_xml, zarr_format=args.zarr_format)
     n = import_robomimic(args.source, args.output, config=config, progress=True)
-    print(f"imported {n} demos into {args.output}")
+    from robo.data.store import ZarrDataset
+
+    with ZarrDataset.open(args.output) as ds:
+        origin = ds.schema.robot_config.get("imported_from", {}).get("format", "robomimic")
+        clipped = sum(int(e.extra.get("actions_clipped", 0)) for e in ds.episodes)
+    note = (f"; {clipped} action values outside the controller's input range clipped, as its controller did"
+            if clipped else "")
+    print(f"imported {n} {origin} demos into {args.output}{note}")
     return 0

@@ -1,10 +1,13 @@
 """Import other projects' demonstration formats into our store.
 
 * Diffusion Policy replay-buffer zarr (``data/<key>``, ``meta/episode_ends``): arrays are copied as they are.
-* robomimic HDF5 (``data/demo_i/{states, actions, rewards, dones}``): each demo is *replayed* in our ``SimEnv`` by
-  setting the recorded MuJoCo states, so the observations come out in our keys, frames and units (cameras at any
-  size, depth in mm) instead of robomimic's. robomimic actions are OSC_POSE deltas in [-1, 1], like ours, and are
-  copied unchanged.
+* robomimic HDF5 (``data/demo_i/{states, actions, rewards, dones}``, ``data.attrs["env_args"]``) and robosuite's
+  own demonstration files (``DataCollectionWrapper`` + ``gather_demonstrations_as_hdf5``: ``data/demo_i/{states,
+  actions}``, ``data.attrs["env_info"]``): each demo is *replayed* in our ``SimEnv`` by setting the recorded MuJoCo
+  states, so the observations come out in our keys, frames and units (cameras at any size, depth in mm) instead of
+  robomimic's. Actions are OSC_POSE deltas, like ours. A teleop device can send values slightly outside the
+  controller's input range (robosuite files often hold 1.02 or -1.05); the controller clipped them before acting,
+  so the importer stores the clipped values (what the arm executed) and says how many it clipped.
 """
 
 from __future__ import annotations
@@ -111,22 +114,51 @@ def _demo_names(data: Any) -> list[str]:
     return sorted(names, key=lambda n: int(n.split("_")[1]))
 
 
-def _env_args(data: Any, path: Path) -> tuple[str, dict[str, Any]]:
-    if "env_args" not in data.attrs:
-        raise DatasetError(f"{path}: data has no 'env_args' attribute; it is not a robomimic dataset")
-    try:
-        env_args = json.loads(data.attrs["env_args"])
-        return str(env_args["env_name"]), dict(env_args.get("env_kwargs", {}))
-    except (ValueError, KeyError, TypeError):
-        raise DatasetError(f"{path}: data.attrs['env_args'] is not robomimic JSON with env_name") from None
+def _env_args(data: Any, path: Path) -> tuple[str, dict[str, Any], str]:
+    """(env name, env kwargs, file format) from robomimic's ``env_args`` or robosuite's ``env_info``."""
+    if "env_args" in data.attrs:  # robomimic: {"env_name", "type", "env_kwargs": {...}}
+        try:
+            env_args = json.loads(data.attrs["env_args"])
+            return str(env_args["env_name"]), dict(env_args.get("env_kwargs", {})), "robomimic"
+        except (ValueError, KeyError, TypeError):
+            raise DatasetError(f"{path}: data.attrs['env_args'] is not robomimic JSON with env_name") from None
+    if "env_info" in data.attrs:  # robosuite: the suite.make() kwargs themselves, env_name among them
+        try:
+            env_info = dict(json.loads(data.attrs["env_info"]))
+        except (ValueError, TypeError):
+            raise DatasetError(f"{path}: data.attrs['env_info'] is not JSON; the file is damaged") from None
+        name = env_info.pop("env_name", None) or data.attrs.get("env")
+        if not name:
+            raise DatasetError(f"{path}: neither data.attrs['env_info'] nor data.attrs['env'] names the environment")
+        return str(name), env_info, "robosuite"
+    raise DatasetError(f"{path}: data has neither robomimic's 'env_args' nor robosuite's 'env_info' attribute; it is "
+                       "not a robomimic or robosuite demonstration file")
 
 
-def _check_controller(env_kwargs: dict[str, Any], path: Path) -> None:
+def _arm_controller(env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arm's controller config, from a flat (robosuite <= 1.4) or composite (1.5) ``controller_configs``."""
     ctrl = env_kwargs.get("controller_configs") or {}
     parts = ctrl.get("body_parts") or {}
     arm = parts.get("right") or (parts.get("arms") or {}).get("right")  # robosuite 1.5 composite config
-    if isinstance(arm, dict):
-        ctrl = arm
+    return arm if isinstance(arm, dict) else ctrl
+
+
+def _action_limits(env_kwargs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The range robosuite clips each action dimension to before acting: the arm controller's input_min/input_max
+    (scalars or one per dimension; default +-1) for the six arm dimensions, [-1, 1] for the gripper."""
+    arm = _arm_controller(env_kwargs)
+    low, high = np.full(7, -1.0), np.full(7, 1.0)
+    try:
+        low[:6] = np.broadcast_to(np.asarray(arm.get("input_min", -1.0), dtype=np.float64), (6,))
+        high[:6] = np.broadcast_to(np.asarray(arm.get("input_max", 1.0), dtype=np.float64), (6,))
+    except ValueError:
+        raise DatasetError(f"controller input_min/input_max {arm.get('input_min')}/{arm.get('input_max')} are not "
+                           "scalars or 6 values") from None
+    return low, high
+
+
+def _check_controller(env_kwargs: dict[str, Any], path: Path) -> None:
+    ctrl = _arm_controller(env_kwargs)
     kind = ctrl.get("type")
     if kind not in (None, "OSC_POSE"):
         raise DatasetError(f"{path} was recorded with the {kind} controller; only OSC_POSE delta actions can be imported")
@@ -134,16 +166,34 @@ def _check_controller(env_kwargs: dict[str, Any], path: Path) -> None:
         raise DatasetError(f"{path} holds absolute OSC actions; only delta actions can be imported")
 
 
-def _replay_demo(env: Any, demo: Any, name: str, path: Path, use_xml: bool) -> tuple[dict[str, np.ndarray], bool]:
-    """Regenerate our observations for one robomimic demo; returns the step arrays and the final success."""
+@dataclass
+class _Clipped:
+    """Action values outside the controller's input range in one demo (the controller clipped them)."""
+
+    values: int = 0  # action entries changed by clipping
+    steps: int = 0  # steps with at least one clipped entry
+    largest: float = 0.0  # the largest |value| before clipping
+
+
+def _clip_actions(actions: np.ndarray, limits: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, _Clipped]:
+    low, high = limits
+    clipped = np.clip(actions, low, high).astype(np.float32)
+    changed = clipped != actions
+    return clipped, _Clipped(int(changed.sum()), int(changed.any(axis=1).sum()), float(np.abs(actions).max()))
+
+
+def _replay_demo(env: Any, demo: Any, name: str, path: Path, use_xml: bool,
+                 limits: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, np.ndarray], bool, _Clipped]:
+    """Regenerate our observations for one demo; returns the step arrays, the final success and what was clipped."""
     rs = env.unwrapped_robosuite
     states = np.asarray(demo["states"][:], dtype=np.float64)
     actions = np.asarray(demo["actions"][:], dtype=np.float32)
     n = len(states)
     if n == 0 or actions.shape != (n, 7):
         raise DatasetError(f"{path}:{name} has {n} states and actions of shape {actions.shape}; expected (T, 7)")
-    if not np.all(np.isfinite(actions)) or np.abs(actions).max() > 1.0 + 1e-6:
-        raise DatasetError(f"{path}:{name} has actions outside [-1, 1] (or NaN); they are not OSC_POSE deltas")
+    if not np.all(np.isfinite(actions)):
+        raise DatasetError(f"{path}:{name} has NaN or infinite actions; the file is damaged")
+    actions, clipped = _clip_actions(actions, limits)
     env.reset()
     if use_xml:
         if "model_file" not in demo.attrs:
@@ -179,13 +229,15 @@ def _replay_demo(env: Any, demo: Any, name: str, path: Path, use_xml: bool) -> t
         if steps[key].shape != (n,):
             raise DatasetError(f"{path}:{name}/{'rewards' if key == 'reward' else 'dones'} has shape "
                                f"{steps[key].shape}, expected ({n},)")
-    return steps, bool(success[-1])
+    return steps, bool(success[-1]), clipped
 
 
 def import_robomimic(hdf5: str | Path, output: str | Path, *, cameras: tuple[str, ...] | list[str] = (),
                      image_size: int = 84, depth: bool = False, limit: int | None = None,
                      config: RobomimicImportConfig | None = None, progress: bool = False) -> int:
-    """Replay a robomimic HDF5 in our SimEnv into a new dataset; returns the number of episodes imported.
+    """Replay a robomimic HDF5, or a robosuite demonstration file, in our SimEnv into a new dataset; returns the
+    number of episodes imported. Each episode's ``extra["actions_clipped"]`` counts the action values clipped to
+    the controller's input range (see the module docstring).
 
     Keyword arguments fill a :class:`RobomimicImportConfig`; pass ``config`` for the rest (model XML policy,
     zarr format).
@@ -205,12 +257,13 @@ def import_robomimic(hdf5: str | Path, output: str | Path, *, cameras: tuple[str
         raise DatasetError(f"{hdf5} is not a readable HDF5 file ({exc})") from None
     with f:
         if "data" not in f:
-            raise DatasetError(f"{hdf5} has no 'data' group; it is not a robomimic dataset")
+            raise DatasetError(f"{hdf5} has no 'data' group; it is not a robomimic or robosuite demonstration file")
         data = f["data"]
-        env_name, env_kwargs = _env_args(data, hdf5)
+        env_name, env_kwargs, file_format = _env_args(data, hdf5)
         if env_name not in ROBOMIMIC_TASKS:
             raise DatasetError(f"{hdf5} is for env '{env_name}'; importable tasks are {sorted(ROBOMIMIC_TASKS)}")
         _check_controller(env_kwargs, hdf5)
+        limits = _action_limits(env_kwargs)
         names = _demo_names(data)[: cfg.limit]
         if not names:
             raise DatasetError(f"{hdf5} holds no data/demo_<i> groups; nothing to import")
@@ -231,7 +284,7 @@ def import_robomimic(hdf5: str | Path, output: str | Path, *, cameras: tuple[str
             fits = n_state == 1 + env.unwrapped_robosuite.sim.model.nq + env.unwrapped_robosuite.sim.model.nv
             use_xml = cfg.use_model_xml == "always" or (cfg.use_model_xml == "auto" and not fits)
             robot_config = dict(env.robot_config())
-            robot_config["imported_from"] = {"format": "robomimic", "path": str(hdf5), "env_name": env_name,
+            robot_config["imported_from"] = {"format": file_format, "path": str(hdf5), "env_name": env_name,
                                              "replayed_with_model_xml": use_xml}
             schema = DatasetSchema.from_spaces(env.observation_space, env.action_space, fps=env_cfg.control_freq,
                                                task=env_cfg.task, robot_config=robot_config)
@@ -240,13 +293,20 @@ def import_robomimic(hdf5: str | Path, output: str | Path, *, cameras: tuple[str
             with staged_output(output) as staging:
                 with ZarrDataset.create(staging, schema, zarr_format=cfg.zarr_format,
                                         compression=cfg.compression) as out:
+                    total = _Clipped()
                     for name in tqdm(names, desc="replaying demos", unit="demo", disable=not progress):
-                        steps, success = _replay_demo(env, data[name], name, hdf5, use_xml)
+                        steps, success, clipped = _replay_demo(env, data[name], name, hdf5, use_xml, limits)
                         out.append_episode(steps, EpisodeInfo(
                             source="imported", success=success,
-                            extra={"origin": "robomimic", "source_path": str(hdf5), "demo": name}))
+                            extra={"origin": file_format, "source_path": str(hdf5), "demo": name,
+                                   "actions_clipped": clipped.values}))
+                        total = _Clipped(total.values + clipped.values, total.steps + clipped.steps,
+                                         max(total.largest, clipped.largest))
                     count = out.n_episodes
         finally:
             env.close()
-    log.info("imported %d robomimic demos from %s into %s", count, hdf5, output)
+    if total.values:
+        log.info("clipped %d action values in %d steps (largest |value| %.3f) to the controller's input range, "
+                 "as robosuite's controller did when they were recorded", total.values, total.steps, total.largest)
+    log.info("imported %d %s demos from %s into %s", count, file_format, hdf5, output)
     return count
