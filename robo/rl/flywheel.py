@@ -44,7 +44,7 @@ def checkpoint_id(path: Path) -> str:
 
 
 def record_rollouts(policy: Any, ckpt_id: str, task: str, output: Path, episodes: int, seed: int,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, horizon: int | None = None) -> dict[str, Any]:
     """Roll ``policy`` out for ``episodes`` seeded episodes and record every step into ``output`` (created, or
     appended when the schema matches) with EpisodeInfo(source="policy", checkpoint_id=ckpt_id)."""
     from hardware.runner import Hold, PolicyRunner, RunnerConfig
@@ -52,7 +52,7 @@ def record_rollouts(policy: Any, ckpt_id: str, task: str, output: Path, episodes
     from robo.data.schema import DatasetSchema, EpisodeInfo
     from sim.env import EnvConfig, SimEnv
 
-    env = SimEnv(EnvConfig(task=task))
+    env = SimEnv(EnvConfig(task=task, horizon=horizon))
     spec = policy.spec
     gen = torch.Generator().manual_seed(seed)
 

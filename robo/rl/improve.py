@@ -262,3 +262,32 @@ def plot_run(history: list[dict[str, Any]], true: dict[str, float], rounds: int,
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def pipeline_stage(config: Any, run: Any) -> dict[str, Any]:
+    """``robo pipeline``'s improve stage: the expert demonstrations all succeed (a degenerate critic), so record
+    ``config.improve_failure_demos`` deliberately noisy scripted episodes beside them, merge, and run a small gated
+    improvement of the trained teacher on the merged data; evaluate the accepted policy."""
+    from robo.collect import CollectConfig, collect
+    from robo.data.tools import merge
+
+    noisy = run.out / f"{config.task.lower()}_noisy.zarr"
+    if not noisy.exists():  # a re-run after an interruption keeps what it recorded (collect appends otherwise)
+        collect(CollectConfig(output=noisy, task=config.task, episodes=config.improve_failure_demos,
+                              seed=config.seed + 20_000, action_noise_std=0.6, waypoint_jitter_m=0.04,
+                              hesitation_prob=0.5, progress=config.progress))
+    merged = run.out / "improve_data.zarr"
+    if not merged.exists():
+        merge([run.dataset, noisy], merged)
+    out = run.out / "improve"
+    summary = run_improve(ImproveConfig(checkpoint=run.out / "diffusion" / "best", dataset=merged, output_dir=out,
+                                        overwrite=True, rounds=config.improve_rounds, critic_steps=2000,
+                                        dynamics_steps=1500, eval_episodes=config.eval_episodes, seed=config.seed,
+                                        progress=config.progress))
+    t = summary["true_success"]
+    print(f"      OPE {summary['ope_start']:.3f} -> {summary['ope_accepted']:.3f} ({summary['accepted']} accepted, "
+          f"{summary['rejected']} rejected); true success {t.get('before', float('nan')):.2f} -> "
+          f"{t.get('after', float('nan')):.2f}")
+    return {"improve": {"accepted": str(out / "accepted"), "ope_start": summary["ope_start"],
+                        "ope_accepted": summary["ope_accepted"], "decisions": summary["decisions"],
+                        "accepted_updates": summary["accepted"], "true_success": t}}
