@@ -5,7 +5,8 @@ Stages, in this order (each one only ever shrinks the motion; none can undo an e
 1. NaN/shape check of the action and of the measured state -> Hold
 2. observation age -> Hold when the observation the action came from is too old
 3. per-step delta clip: each axis of the normalised action to [-1, 1], scaled to metres / radians
-   (robosuite OSC_POSE: 0.05 m and 0.5 rad per step at 1)
+   (robosuite OSC_POSE: 0.05 m and 0.5 rad per step at 1, the scale the policy was trained with), then each axis
+   to ``max_step_pos`` / ``max_step_rot`` (a real arm may be slowed below the training scale)
 4. integration to an absolute target from the *measured* pose (never from the previous target, so controller lag
    cannot accumulate into a jump)
 5. workspace box on the target position (and the step re-clipped, so an arm outside the box returns one step at a time)
@@ -39,6 +40,8 @@ class SafetyLimits:
 
     output_max_pos: float = 0.05  # metres per step for a unit action on one axis (robosuite OSC_POSE scaling)
     output_max_rot: float = 0.5  # radians per step for a unit action on one rotation axis
+    max_step_pos: float = 0.05  # per-axis translation limit per step (m); below output_max_pos to slow a real arm
+    max_step_rot: float = 0.5  # per-axis rotation limit per step (rad); below output_max_rot to slow a real arm
     max_obs_age_s: float = 0.25  # hold when the observation an action came from is older than this
     workspace_low: tuple[float, float, float] = (0.15, -0.6, 0.02)  # target position box, base frame (m)
     workspace_high: tuple[float, float, float] = (0.85, 0.6, 0.9)  # Franka defaults: in front of the base, above table
@@ -60,8 +63,8 @@ class SafetyLimits:
             raise ValueError(f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high}")
         if not len(self.joint_lower) == len(self.joint_upper) == len(self.joint_max_vel):
             raise ValueError("joint_lower, joint_upper and joint_max_vel need one value per joint")
-        if self.output_max_pos <= 0 or self.output_max_rot <= 0 or self.control_dt <= 0:
-            raise ValueError("output_max_pos, output_max_rot and control_dt must be positive")
+        if min(self.output_max_pos, self.output_max_rot, self.max_step_pos, self.max_step_rot, self.control_dt) <= 0:
+            raise ValueError("output_max_pos/rot, max_step_pos/rot and control_dt must be positive")
         if not 0 <= self.gripper_hysteresis < 1:
             raise ValueError(f"gripper_hysteresis must be in [0, 1), got {self.gripper_hysteresis}")
 
@@ -112,6 +115,7 @@ class SafetyFilter:
             raise ValueError(f"kinematic model has {kinematics.n_joints} joints but the limits list "
                              f"{len(self.limits.joint_lower)}")
         self._scale = np.array([self.limits.output_max_pos] * 3 + [self.limits.output_max_rot] * 3)
+        self._max_step = np.minimum(self._scale, [self.limits.max_step_pos] * 3 + [self.limits.max_step_rot] * 3)
         self._armed = armed
         self._gripper: float | None = None  # latched gripper state; None until the first command
 
@@ -152,18 +156,19 @@ class SafetyFilter:
         notes: list[str] = []
         # 3. Per-step delta clip.
         clipped = np.clip(a[:6], -1.0, 1.0)
-        if np.any(clipped != a[:6]):
+        step = np.clip(clipped * self._scale, -self._max_step, self._max_step)  # metres / radians per axis
+        if np.any(clipped != a[:6]) or np.any(step != clipped * self._scale):
             notes.append("delta_clip")
-        step = clipped * self._scale  # (dx, dy, dz, rx, ry, rz) metres / radians
         gripper = self._hysteresis(a[6])
         if state is None:  # no measured pose (e.g. a policy without proprioception): stages 4-6 need one
-            return SafeCommand(action=np.concatenate([clipped, [gripper]]), gripper=gripper, interventions=tuple(notes))
+            return SafeCommand(action=np.concatenate([step / self._scale, [gripper]]), gripper=gripper,
+                               interventions=tuple(notes))
         pos = np.asarray(state.eef_pos, dtype=np.float64)
         # 4-5. Integrate, then box the target; the step is re-clipped so leaving/returning is one step at a time.
         boxed = np.clip(pos + step[:3], lim.workspace_low, lim.workspace_high)
         if np.any(np.abs(boxed - (pos + step[:3])) > 1e-12):
             notes.append("workspace")
-            step[:3] = np.clip(boxed - pos, -lim.output_max_pos, lim.output_max_pos)
+            step[:3] = np.clip(boxed - pos, -self._max_step[:3], self._max_step[:3])
         # 6. Joint position and velocity limits.
         joint_target = None
         if state.joint_pos is not None:

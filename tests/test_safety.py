@@ -200,3 +200,12 @@ def test_hold_command_keeps_the_measured_pose():
 def test_bad_limits_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SafetyLimits(**kwargs)
+
+
+def test_a_real_arm_can_be_slowed_below_the_training_scale():
+    """max_step_* limits the step without changing what a unit action means (output_max_*)."""
+    flt = SafetyFilter(SafetyLimits(max_step_pos=0.01, max_step_rot=0.1))
+    cmd = flt(np.array([0.1, 1.0, -3.0, 0.1, 1.0, 0, 0]), state(q=None))
+    np.testing.assert_allclose(cmd.target_pos - HOME_POS, [0.005, 0.01, -0.01])
+    np.testing.assert_allclose(cmd.action[:6], [0.1, 0.2, -0.2, 0.1, 0.2, 0])
+    assert "delta_clip" in cmd.interventions

@@ -1,0 +1,388 @@
+"""The ROS 2 policy node: robot state and cameras in, safe arm commands out, at one fixed control rate.
+
+    python -m hardware.ros_node --ros-args --params-file hardware/robots/fr3_deploy.yaml -p checkpoint:=<dir>
+
+Design against what hurts deployed learned policies:
+
+* Jitter from work in the control path: subscription callbacks only store the latest stamped message (one dict
+  write); one control-rate timer on one persistent single-threaded executor does everything else: staleness,
+  conversion, the policy call, the safety filter, publishing.
+* Silent stale sensors: every stream is aged by its local receipt time (immune to clock offsets between machines)
+  against its own limit; out-of-order messages (older header stamp) are dropped and counted; a backwards jump
+  of more than a second is taken as a clock jump, reported and accepted.
+* Bad input: conversion refuses malformed / NaN / wrong-size messages with a reason; the runner holds and the
+  reason goes to ``~/diagnostics``. Commands only come out of :class:`hardware.safety.SafetyFilter`.
+* No dry run: ``~/dry_run`` (std_srvs/SetBool) publishes proposed commands on ``~/proposed/*`` and nothing on the
+  controller topics; ``~/arm`` (SetBool) arms and disarms; the node starts disarmed unless ``start_armed``.
+* A watchdog publishes one hold (the measured pose) after ``safety.watchdog_periods`` periods without a command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hardware.deploy_config import DeployConfig, DeployConfigError, flatten, from_flat, split_mapping
+from hardware.kinematics import chain_by_name
+from hardware.ros_convert import (MessageError, fill_joint_trajectory, fill_pose, fill_twist, float_array,
+                                  gripper_width, image_to_numpy, joint_positions, pose_to_arrays, resize_nearest,
+                                  stamp_to_sec)
+from hardware.runner import Act, Hold, PolicyRunner, RunnerConfig
+from hardware.safety import MeasuredState, SafeCommand, Watchdog
+
+NODE_NAME = "robo_policy_node"
+CLOCK_JUMP_S = 1.0  # a header stamp this far behind the previous one is a clock jump, not a reordered message
+
+
+# --------------------------------------------------------------------------------------------- the policy
+class NumpyPolicy:
+    """numpy in, numpy out, no autograd: what the runner calls."""
+
+    def __init__(self, policy: Any, steps: int = 0):
+        self.policy, self.kwargs = policy, ({"steps": steps} if steps else {})
+
+    def predict(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.policy.predict(obs, **self.kwargs).detach().float().cpu().numpy()
+
+
+def provided_obs_spec(config: DeployConfig, wanted: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, Any]:
+    """What the robot provides, as key -> (shape, dtype). Topic-fed keys (images, low-dim topics) take the
+    policy's shape (images are resized), so only their presence and kind (RGB uint8, depth uint16) are checked."""
+    spec: dict[str, Any] = {"eef_pos": ((3,), "float32"), "eef_quat": ((4,), "float32"),
+                            "joint_pos": ((len(config.joint_names),), "float32")}
+    if config.gripper_joint_names:
+        spec["gripper_qpos"] = ((len(config.gripper_joint_names),), "float32")
+    for entry in config.image_topics:
+        key, _ = split_mapping(entry)
+        shape = wanted.get(key, ((0, 0, 1), ""))[0]
+        if key.endswith("_depth"):
+            spec[key] = ((*shape[:2], 1), "uint16")
+        else:
+            spec[key] = ((*shape[:2], 3), "uint8")
+    for entry in config.lowdim_topics:
+        key, _ = split_mapping(entry)
+        spec[key] = (wanted.get(key, ((0,), ""))[0], "float32")
+    return spec
+
+
+def load_policy(config: DeployConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """(policy, spec, manifest) from a deploy artifact or a checkpoint; refuses, in one line, one whose
+    observation spec the robot does not provide or whose action size is not 7."""
+    path = Path(config.checkpoint)
+    if not config.checkpoint or not path.is_dir():
+        raise DeployConfigError(f"checkpoint '{config.checkpoint}' is not a directory; pass -p checkpoint:=<dir>")
+    if (path / "artifact.json").is_file():
+        from policies.artifact import load_artifact, read_manifest
+
+        wanted = {k: (tuple(v["shape"]), v["dtype"]) for k, v in read_manifest(path)["observation"].items()}
+        policy, manifest = load_artifact(path, expect_obs=provided_obs_spec(config, wanted), expect_action_dim=7,
+                                         expect_control_rate_hz=config.control_hz)
+        return policy, policy.spec, manifest
+    from policies.checkpoint import check_against, load_checkpoint
+
+    policy = load_checkpoint(path)
+    check_against(policy, provided_obs_spec(config, dict(policy.spec.obs_keys)), 7)
+    return policy, policy.spec, {}
+
+
+# --------------------------------------------------------------------------------------------- the node
+def _node_base() -> type:
+    from rclpy.node import Node
+
+    return Node
+
+
+class PolicyNode(_node_base()):  # type: ignore[misc]
+    def __init__(self, context: Any = None, overrides: dict[str, Any] | None = None):
+        from geometry_msgs.msg import PoseStamped, TwistStamped
+        from rcl_interfaces.msg import ParameterDescriptor
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Float32MultiArray, Float64, String
+        from std_srvs.srv import SetBool
+        from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+        super().__init__(NODE_NAME, context=context)
+        self.config = self._read_parameters(ParameterDescriptor, overrides or {})
+        cfg = self.config
+        self.policy, self.spec, self.manifest = load_policy(cfg)
+        kinematics = chain_by_name(cfg.kinematics)
+        wanted = dict(self.spec.obs_keys)
+        self.runner = PolicyRunner(
+            NumpyPolicy(self.policy, cfg.inference_steps), wanted,
+            RunnerConfig(n_obs=self.spec.n_obs, n_action_steps=cfg.n_action_steps or self.spec.n_action_steps,
+                         max_obs_age_s=cfg.max_state_age_s, control_dt=cfg.period_s,
+                         stream_max_age_s={split_mapping(e)[0]: cfg.max_image_age_s for e in cfg.image_topics}),
+            safety=cfg.safety, kinematics=kinematics)
+        if not cfg.start_armed:
+            self.runner.disarm()
+        self.watchdog = Watchdog(cfg.period_s, cfg.safety.watchdog_periods)
+        self._msgs = (PoseStamped, TwistStamped, JointTrajectory, JointTrajectoryPoint, Float64, String)
+        # Latest messages: stream -> (msg, local receipt time); joints merge per name (arm and gripper may
+        # arrive in separate JointState messages).
+        self._latest: dict[str, tuple[Any, float]] = {}
+        self._joints: dict[str, tuple[float, float]] = {}
+        self._last_stamp: dict[str, float] = {}
+        self.counters: Counter[str] = Counter()
+        self.holds: Counter[str] = Counter()
+        self.interventions: Counter[str] = Counter()
+        self.loop_s: deque[float] = deque(maxlen=2000)
+        self.last_hold = ""
+        self._last_tick: float | None = None
+        self._last_state: MeasuredState | None = None
+        self._hold_sent = False
+        self._last_gripper: float | None = None
+        self._frame = cfg.base_frame
+
+        sensor = qos_profile_sensor_data  # best effort matches both best-effort and reliable publishers
+        self.create_subscription(JointState, cfg.joint_states_topic, self._on_joints, sensor)
+        self.create_subscription(PoseStamped, cfg.eef_pose_topic, lambda m: self._store("eef_pose", m), sensor)
+        self._image_keys = {}
+        for entry in cfg.image_topics:
+            key, topic = split_mapping(entry)
+            self._image_keys[key] = topic
+            self.create_subscription(Image, topic, lambda m, k=key: self._store(k, m), sensor)
+        self._lowdim_keys = {}
+        for entry in cfg.lowdim_topics:
+            key, topic = split_mapping(entry)
+            self._lowdim_keys[key] = topic
+            self.create_subscription(Float32MultiArray, topic, lambda m, k=key: self._store(k, m, stamped=False), sensor)
+        # Reliable keep-last-1 commands: only the newest matters, but it must not be silently dropped.
+        cmd_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self._pubs: dict[tuple[bool, str], Any] = {}
+        kinds = {"pose": (PoseStamped, cfg.target_pose_topic), "joint_trajectory": (JointTrajectory, cfg.joint_trajectory_topic),
+                 "twist": (TwistStamped, cfg.twist_topic), "gripper": (Float64, cfg.gripper_topic)}
+        for name in (cfg.output, "gripper"):
+            msg_type, topic = kinds[name]
+            self._pubs[(False, name)] = self.create_publisher(msg_type, topic, cmd_qos)
+            self._pubs[(True, name)] = self.create_publisher(msg_type, f"~/proposed/{name}", cmd_qos)
+        self._diag = self.create_publisher(String, "~/diagnostics", 10)
+        self.create_service(SetBool, "~/arm", self._on_arm)
+        self.create_service(SetBool, "~/dry_run", self._on_dry_run)
+        self.create_timer(cfg.period_s, self._tick)
+        self.create_timer(cfg.diagnostics_period_s, self.publish_diagnostics)
+        self.get_logger().info(f"{cfg.robot}: {self.policy.kind} policy, {sorted(wanted)} -> {cfg.output} at "
+                               f"{cfg.control_hz} Hz ({'armed' if cfg.start_armed else 'disarmed'}"
+                               f"{', dry run' if cfg.dry_run else ''})")
+
+    def _read_parameters(self, descriptor_cls: Any, overrides: dict[str, Any]) -> DeployConfig:
+        defaults = flatten(DeployConfig())
+        values = {}
+        for name, default in defaults.items():
+            # Dynamic typing: a YAML "0" for a float or [] for a list must not be a type error at start-up.
+            param = self.declare_parameter(name, default, descriptor_cls(dynamic_typing=True))
+            values[name] = param.value if param.value is not None else default
+        given = {k for k in getattr(self, "_parameter_overrides", {}) if k != "use_sim_time"}
+        unknown = sorted(given - set(defaults) - set(overrides))
+        if unknown:
+            raise DeployConfigError(f"unknown parameters {unknown}; see hardware/deploy_config.py")
+        values.update(overrides)
+        for name, default in defaults.items():  # ROS gives tuples/arrays back: match the dataclass's types
+            if isinstance(default, list):
+                values[name] = list(values[name])
+            elif isinstance(default, float) and isinstance(values[name], int) and not isinstance(values[name], bool):
+                values[name] = float(values[name])
+        return from_flat(values)
+
+    # ----------------------------------------------------------------------------------------- callbacks
+    def _accept_stamp(self, stream: str, stamp: float) -> bool:
+        previous = self._last_stamp.get(stream)
+        if previous is not None and stamp < previous:
+            if previous - stamp > CLOCK_JUMP_S:
+                self.counters[f"clock_jump:{stream}"] += 1
+            else:
+                self.counters[f"out_of_order:{stream}"] += 1
+                return False
+        self._last_stamp[stream] = stamp
+        return True
+
+    def _store(self, stream: str, msg: Any, stamped: bool = True) -> None:
+        if stamped and not self._accept_stamp(stream, stamp_to_sec(msg.header.stamp)):
+            return
+        self._latest[stream] = (msg, time.monotonic())
+
+    def _on_joints(self, msg: Any) -> None:
+        if not self._accept_stamp("joint_states:" + ",".join(msg.name[:1]), stamp_to_sec(msg.header.stamp)):
+            return
+        now = time.monotonic()
+        if len(msg.position) != len(msg.name):
+            self.counters["rejected:joint_states"] += 1
+            return
+        for name, pos in zip(msg.name, msg.position):
+            self._joints[name] = (float(pos), now)
+
+    def _on_arm(self, request: Any, response: Any) -> Any:
+        if request.data:
+            self.runner.reset()  # fresh history: nothing observed while disarmed leaks into the first chunk
+            self.runner.arm()
+            self._hold_sent = False
+        else:
+            self.runner.disarm()
+        response.success, response.message = True, "armed" if request.data else "disarmed"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_dry_run(self, request: Any, response: Any) -> Any:
+        self.config.dry_run = bool(request.data)
+        response.success, response.message = True, f"dry run {'on' if request.data else 'off'}"
+        self.get_logger().info(response.message)
+        return response
+
+    # ----------------------------------------------------------------------------------------- control
+    def observation(self) -> tuple[dict[str, np.ndarray], dict[str, float], MeasuredState]:
+        """The current observation and per-stream receipt times; raises MessageError naming the stream."""
+        cfg = self.config
+        obs: dict[str, np.ndarray] = {}
+        stamps: dict[str, float] = {}
+        names = list(cfg.joint_names) + list(cfg.gripper_joint_names)
+        missing = [n for n in names if n not in self._joints]
+        if missing:
+            raise MessageError(f"no joint state yet for {missing[:3]} on {cfg.joint_states_topic}")
+        q = np.array([self._joints[n][0] for n in names])
+        if not np.all(np.isfinite(q)):
+            raise MessageError(f"joint state on {cfg.joint_states_topic} contains NaN or inf")
+        stamps["joint_states"] = min(self._joints[n][1] for n in names)
+        obs["joint_pos"] = q[:len(cfg.joint_names)].astype(np.float32)
+        if cfg.gripper_joint_names:
+            obs["gripper_qpos"] = q[len(cfg.joint_names):].astype(np.float32)
+        if "eef_pose" not in self._latest:
+            raise MessageError(f"no end-effector pose yet on {cfg.eef_pose_topic}")
+        pose_msg, stamps["eef_pose"] = self._latest["eef_pose"]
+        pos, quat = pose_to_arrays(pose_msg)
+        self._frame = cfg.base_frame or pose_msg.header.frame_id
+        obs["eef_pos"], obs["eef_quat"] = pos.astype(np.float32), quat.astype(np.float32)
+        for key, topic in self._image_keys.items():
+            if key not in self._latest:
+                raise MessageError(f"no image yet on {topic}")
+            msg, stamps[key] = self._latest[key]
+            if key not in self.spec.obs_keys:
+                continue
+            shape = self.spec.obs_keys[key][0]
+            image = image_to_numpy(msg)
+            if key.endswith("_depth") != (image.dtype == np.uint16):
+                raise MessageError(f"{topic} has encoding {msg.encoding}, '{key}' needs "
+                                   f"{'16UC1' if key.endswith('_depth') else 'rgb8'}")
+            obs[key] = resize_nearest(image, shape[0], shape[1])
+        for key, topic in self._lowdim_keys.items():
+            if key not in self._latest:
+                raise MessageError(f"no message yet on {topic}")
+            msg, stamps[key] = self._latest[key]
+            if key in self.spec.obs_keys:
+                obs[key] = float_array(msg, int(np.prod(self.spec.obs_keys[key][0])))
+        state = MeasuredState(pos, quat, q[:len(cfg.joint_names)])
+        return obs, stamps, state
+
+    def _tick(self) -> None:
+        start = time.monotonic()
+        period = self.config.period_s
+        if self._last_tick is not None:
+            self.counters["missed_deadlines"] += max(0, int(round((start - self._last_tick) / period)) - 1)
+        self._last_tick = start
+        self.counters["ticks"] += 1
+        try:
+            obs, stamps, state = self.observation()
+            self._last_state = state
+            result = self.runner.act(obs, now=start, stamp=stamps)
+        except MessageError as err:
+            result = Hold(str(err))
+            self.counters["rejected_messages"] += 1
+        if isinstance(result, Act) and result.command is not None:
+            self._publish(result.command)
+            self.watchdog.feed(start)
+            self._hold_sent = False
+            for name in result.command.interventions:
+                self.interventions[name] += 1
+        else:
+            self._on_hold(result.reason if isinstance(result, Hold) else "no command", start)
+        elapsed = time.monotonic() - start
+        self.loop_s.append(elapsed)
+        if elapsed > period:
+            self.counters["overruns"] += 1
+
+    def _on_hold(self, reason: str, now: float) -> None:
+        self.holds[reason.split(" (")[0][:80]] += 1
+        if reason != self.last_hold:
+            self.get_logger().warning(f"holding: {reason}")
+        self.last_hold = reason
+        self.counters["hold_ticks"] += 1
+        flt = self.runner.filters[0]
+        if flt.armed and not self._hold_sent and self.watchdog.expired(now) and self._last_state is not None:
+            self._publish(flt.hold_command(self._last_state))  # stay at the last measured pose, once
+            self._hold_sent = True
+            self.counters["watchdog_holds"] += 1
+
+    def _publish(self, cmd: SafeCommand) -> None:
+        PoseStamped, TwistStamped, JointTrajectory, JointTrajectoryPoint, Float64, _ = self._msgs
+        cfg = self.config
+        dry = bool(cfg.dry_run)
+        stamp = self.get_clock().now().to_msg()
+        if cfg.output == "pose":
+            msg = fill_pose(PoseStamped(), cmd.target_pos, cmd.target_quat)
+            msg.header.stamp, msg.header.frame_id = stamp, self._frame
+        elif cfg.output == "twist":
+            msg = fill_twist(TwistStamped(), self.runner.filters[0].twist(cmd))
+            msg.header.stamp, msg.header.frame_id = stamp, self._frame
+        else:
+            msg = fill_joint_trajectory(JointTrajectory(), cfg.joint_names, cmd.joint_target,
+                                        cfg.trajectory_periods * cfg.period_s, JointTrajectoryPoint)
+        self._pubs[(dry, cfg.output)].publish(msg)
+        # Grippers take discrete commands: send on change (after hysteresis), and once when a run starts.
+        if cmd.gripper != self._last_gripper or dry:
+            width = gripper_width(cmd.gripper, cfg.gripper_open_width, cfg.gripper_closed_width)
+            self._pubs[(dry, "gripper")].publish(Float64(data=width))
+            self._last_gripper = None if dry else cmd.gripper
+        self.counters["proposed" if dry else "commands"] += 1
+
+    # ----------------------------------------------------------------------------------------- diagnostics
+    def diagnostics(self) -> dict[str, Any]:
+        loop = np.asarray(self.loop_s) * 1e3 if self.loop_s else np.zeros(1)
+        now = time.monotonic()
+        ages = {k: round(now - t, 4) for k, (_, t) in self._latest.items()}
+        limits = {k: self.config.max_image_age_s if k in self._image_keys else self.config.max_state_age_s for k in ages}
+        return {"robot": self.config.robot, "armed": self.runner.filters[0].armed, "dry_run": self.config.dry_run,
+                "loop_ms_p50": round(float(np.percentile(loop, 50)), 3),
+                "loop_ms_p99": round(float(np.percentile(loop, 99)), 3), "loop_ms_max": round(float(loop.max()), 3),
+                "stale_streams": sorted(k for k, a in ages.items() if a > limits[k]), "stream_age_s": ages,
+                "last_hold": self.last_hold, "holds": dict(self.holds), "interventions": dict(self.interventions),
+                "dropped_actions": self.runner.dropped_actions, **dict(self.counters)}
+
+    def publish_diagnostics(self) -> None:
+        self._diag.publish(self._msgs[5](data=json.dumps(self.diagnostics())))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    rclpy.init(args=sys.argv if argv is None else argv)
+    node = None
+    try:
+        node = PolicyNode()
+        executor = SingleThreadedExecutor()  # one persistent executor: no per-spin add/remove of the node
+        executor.add_node(node)
+        executor.spin()
+    except (DeployConfigError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

@@ -1,0 +1,505 @@
+"""``robo bench node``: the policy node as a separate process, measured through real DDS on loopback.
+
+* Latency: a probe process publishes the arm state at ``state_hz``; the end-effector pose carries a sequence
+  number in its frame_id, which the node copies into the command it computes from it (commands take the measured
+  pose's frame), so each command is matched to the exact observation it came from. Observation-to-command latency
+  = command receipt - observation publication, so it includes both DDS hops, the wait for the next control tick
+  (at most one state period) and the tick itself. Runs at 50 and 100 Hz low-dim, and at 20 Hz with two 84x84
+  cameras. The baseline in the same run is the node's own tick time (diagnostics), i.e. what DDS and the timer add.
+* Missed deadlines: control periods the node's timer skipped, plus ticks longer than a period (node diagnostics).
+* CPU: the node process's user+system time over the run, as percent of one core.
+* Fuzz: at least ``fuzz_messages`` malformed / NaN / out-of-range / stale / out-of-order messages at the 100 Hz
+  node; every command it publishes is checked against the limits and against the pose it was computed from.
+
+Weights do not change the cost, so freshly initialised one-step (consistency) policies are used, saved as real
+checkpoints and loaded by the node through the normal loader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robo.bench.common import print_json_line, print_table
+
+REPO = Path(__file__).resolve().parents[2]
+SIM_PARAMS = REPO / "hardware" / "robots" / "sim_panda_deploy.yaml"
+LOWDIM = {"eef_pos": ((3,), "float32"), "eef_quat": ((4,), "float32"), "gripper_qpos": ((2,), "float32"),
+          "object_state": ((10,), "float32")}
+CAMERAS = {"agentview_rgb": ((84, 84, 3), "uint8"), "eye_in_hand_rgb": ((84, 84, 3), "uint8")}
+HOME_Q = [0.0, 0.2, 0.0, -2.0, 0.0, 2.2, 0.8]
+HOME_POS = np.array([-0.1, 0.0, 1.0])  # inside the sim workspace box
+HOME_QUAT = np.array([1.0, 0.0, 0.0, 0.0])
+
+
+@dataclass
+class NodeBenchConfig:
+    seconds: float = 10.0  # measured seconds per latency configuration
+    state_hz: float = 500.0  # rate of the probe's joint state / pose (bounds the wait for a tick)
+    fuzz_messages: int = 100_000  # malformed / NaN / out-of-range / stale / out-of-order messages
+    minutes: float = 0.0  # soak: run node + probe this long at 100 Hz instead (0 = no soak)
+    cameras: bool = True  # also time the 20 Hz configuration with two 84x84 cameras
+    startup_timeout_s: float = 120.0  # how long to wait for the node's first command
+
+
+def fresh_checkpoint(path: Path, obs_spec: dict[str, Any], n_action_steps: int = 8) -> Path:
+    """A freshly initialised one-step consistency policy saved as a real checkpoint (for timing and plumbing)."""
+    from policies import Normalizer, PolicySpec, make_policy, save_checkpoint
+
+    rng = np.random.default_rng(0)
+    data = {k: (rng.integers(0, 255, (4, *shape), dtype=np.uint8) if dtype == "uint8"
+                else rng.normal(size=(64, *shape)).astype(dtype)) for k, (shape, dtype) in obs_spec.items()}
+    data["action"] = rng.uniform(-1, 1, (64, 7)).astype(np.float32)
+    config = {"denoiser": {"kind": "unet", "widths": [16, 32], "groups": 4},
+              "encoder": {"lowdim_hidden": 32, "lowdim_features": 16, "rgb_base_channels": 8, "rgb_stages": 2,
+                          "rgb_blocks_per_stage": 1, "rgb_groups": 4, "num_keypoints": 8, "rgb_features": 16}}
+    spec = PolicySpec(obs_spec, 7, n_obs=2, horizon=16, n_action_steps=n_action_steps)
+    policy = make_policy("consistency", spec, Normalizer.fit(data), config)
+    save_checkpoint(path, policy, extra={"task": "Lift"})
+    return path
+
+
+# --------------------------------------------------------------------------------------------- processes
+class RosProcess:
+    """``python -m <module> --ros-args --params-file <file> -p k:=v ...`` as a child process, stopped with SIGINT."""
+
+    def __init__(self, module: str, params_file: Path, overrides: dict[str, Any], log: Path):
+        args = [sys.executable, "-m", module, "--ros-args", "--params-file", str(params_file)]
+        for key, value in overrides.items():
+            args += ["-p", f"{key}:={_ros_value(value)}"]
+        self.log_path = log
+        self._log = open(log, "w")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(args, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def _ros_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_ros_value(v) if not isinstance(v, str) else f"'{v}'" for v in value) + "]"
+    return str(value)
+
+
+class Probe:
+    """An in-process rclpy node (own Context, own executor thread) that plays the robot and records commands."""
+
+    def __init__(self, image_keys: tuple[str, ...] = ()):
+        import rclpy
+        from geometry_msgs.msg import PoseStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from rclpy.signals import SignalHandlerOptions
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Float32MultiArray, Float64, String
+
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node("robo_bench_probe", context=self.ctx)
+        self.msgs = {"PoseStamped": PoseStamped, "JointState": JointState, "Image": Image,
+                     "Float32MultiArray": Float32MultiArray}
+        sensor = qos_profile_sensor_data
+        self.joint_pub = self.node.create_publisher(JointState, "/joint_states", sensor)
+        self.pose_pub = self.node.create_publisher(PoseStamped, "/eef_pose", sensor)
+        self.object_pub = self.node.create_publisher(Float32MultiArray, "/object_state", sensor)
+        self.image_pubs = {k: self.node.create_publisher(Image, f"/camera/{k.rsplit('_', 1)[0]}/color/image_raw", sensor)
+                           for k in image_keys}
+        keep = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.commands: list[tuple[float, Any]] = []
+        self.proposed: list[tuple[float, Any]] = []
+        self.grippers: list[tuple[float, float]] = []
+        self.diagnostics: list[dict[str, Any]] = []
+        self.episodes: list[dict[str, Any]] = []
+        self.poses: list[tuple[float, Any]] = []
+        self.node.create_subscription(PoseStamped, "/cartesian_impedance_controller/target_pose",
+                                      lambda m: self.commands.append((time.monotonic(), m)), keep)
+        self.node.create_subscription(PoseStamped, "/robo_policy_node/proposed/pose",
+                                      lambda m: self.proposed.append((time.monotonic(), m)), keep)
+        self.node.create_subscription(Float64, "/gripper/width_command",
+                                      lambda m: self.grippers.append((time.monotonic(), m.data)), keep)
+        self.node.create_subscription(String, "/robo_policy_node/diagnostics",
+                                      lambda m: self.diagnostics.append(json.loads(m.data)), 10)
+        self.node.create_subscription(String, "/sim/episode", lambda m: self.episodes.append(json.loads(m.data)), 10)
+        self.node.create_subscription(PoseStamped, "/eef_pose", lambda m: self.poses.append((time.monotonic(), m)),
+                                      sensor)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self._running = True
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+        self.sent: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}  # pose frame_id -> (time, pos, quat)
+
+    def _spin(self) -> None:
+        while self._running and self.ctx.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def call(self, service: str, value: bool, timeout_s: float = 20.0) -> bool:
+        from std_srvs.srv import SetBool
+
+        client = self.node.create_client(SetBool, service)
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            return False
+        future = client.call_async(SetBool.Request(data=value))
+        deadline = time.monotonic() + timeout_s
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return future.done() and future.result().success
+
+    def publish_state(self, seq: int, pos: np.ndarray = HOME_POS, quat: np.ndarray = HOME_QUAT,
+                      joints: list[float] | None = None, names: list[str] | None = None, stamp_s: float | None = None,
+                      object_state: np.ndarray | None = None) -> None:
+        """One joint state + pose (+ object state); the pose's frame_id is ``s<seq>`` and is remembered."""
+        stamp = self.node.get_clock().now().to_msg() if stamp_s is None else _stamp(stamp_s)
+        js = self.msgs["JointState"]()
+        js.header.stamp = stamp
+        js.name = names if names is not None else [f"panda_joint{i}" for i in range(1, 8)] + [
+            "panda_finger_joint1", "panda_finger_joint2"]
+        js.position = [float(v) for v in (joints if joints is not None else HOME_Q + [0.04, -0.04])]
+        self.joint_pub.publish(js)
+        pose = self.msgs["PoseStamped"]()
+        pose.header.stamp, pose.header.frame_id = stamp, f"s{seq}"
+        p, o = pose.pose.position, pose.pose.orientation
+        p.x, p.y, p.z = (float(v) for v in pos)
+        o.x, o.y, o.z, o.w = (float(v) for v in quat)
+        self.sent[f"s{seq}"] = (time.monotonic(), np.asarray(pos, float), np.asarray(quat, float))
+        self.pose_pub.publish(pose)
+        obj = np.zeros(10, np.float32) if object_state is None else object_state
+        self.object_pub.publish(self.msgs["Float32MultiArray"](data=[float(v) for v in obj]))
+
+    def publish_images(self, rng: np.random.Generator) -> None:
+        from hardware.ros_convert import numpy_to_image
+
+        for key, pub in self.image_pubs.items():
+            msg = numpy_to_image(rng.integers(0, 255, (84, 84, 3), dtype=np.uint8), self.msgs["Image"]())
+            msg.header.stamp = self.node.get_clock().now().to_msg()
+            pub.publish(msg)
+
+    def close(self) -> None:
+        import rclpy
+
+        self._running = False
+        self._thread.join(timeout=2)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.ctx)
+
+
+def _stamp(seconds: float) -> Any:
+    from builtin_interfaces.msg import Time
+
+    from hardware.ros_convert import sec_to_stamp
+
+    return sec_to_stamp(max(0.0, seconds), Time())
+
+
+def wait_for(predicate: Any, timeout_s: float, step_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return bool(predicate())
+
+
+def unsafe_commands(commands: list[tuple[float, Any]], sent: dict[str, tuple[float, np.ndarray, np.ndarray]],
+                    limits: Any) -> list[str]:
+    """One line per command that breaks a limit: non-finite, a step beyond the per-axis limit from the pose it
+    was computed from, a rotation beyond the per-step limit, a target further outside the workspace box than the
+    measured pose, or a source pose that was never published (a command from nowhere)."""
+    from hardware.ros_convert import MessageError, pose_to_arrays
+
+    lo, hi = np.asarray(limits.workspace_low), np.asarray(limits.workspace_high)
+    bad = []
+    for _, msg in commands:
+        try:
+            pos, quat = pose_to_arrays(msg)
+        except MessageError as err:
+            bad.append(f"malformed command: {err}")
+            continue
+        source = sent.get(msg.header.frame_id)
+        if source is None:
+            bad.append(f"command from unknown pose '{msg.header.frame_id}'")
+            continue
+        _, src_pos, src_quat = source
+        if np.any(np.abs(pos - src_pos) > min(limits.output_max_pos, limits.max_step_pos) + 1e-6):
+            bad.append(f"step {np.abs(pos - src_pos).max():.4f} m > {min(limits.output_max_pos, limits.max_step_pos)}")
+        angle = 2 * np.arccos(min(1.0, abs(float(np.dot(quat, src_quat / np.linalg.norm(src_quat))))))
+        if angle > np.sqrt(3) * min(limits.output_max_rot, limits.max_step_rot) + 1e-6:
+            bad.append(f"rotation {angle:.3f} rad per step")
+        outside_now = np.maximum(lo - src_pos, 0) + np.maximum(src_pos - hi, 0)
+        outside_cmd = np.maximum(lo - pos, 0) + np.maximum(pos - hi, 0)
+        if np.any(outside_cmd > outside_now + 1e-6):
+            bad.append(f"target {pos.round(3).tolist()} leaves the workspace box")
+    return bad
+
+
+# --------------------------------------------------------------------------------------------- measurements
+class NodeUnderTest:
+    """A policy node process on a fresh checkpoint plus the probe that talks to it."""
+
+    def __init__(self, workdir: Path, name: str, rate: float, obs_spec: dict[str, Any], image_keys: tuple[str, ...]):
+        self.rate = rate
+        ckpt = fresh_checkpoint(workdir / f"{name}_ckpt", obs_spec)
+        overrides = {"checkpoint": str(ckpt), "control_hz": float(rate), "safety.control_dt": 1.0 / rate,
+                     "start_armed": True,
+                     "image_topics": [f"{k}=/camera/{k.rsplit('_', 1)[0]}/color/image_raw" for k in image_keys]}
+        self.probe = Probe(image_keys)
+        self.proc = RosProcess("hardware.ros_node", SIM_PARAMS, overrides, workdir / f"{name}.log")
+        from hardware.deploy_config import load_deploy_config
+
+        self.limits = load_deploy_config(SIM_PARAMS, {"safety.control_dt": 1.0 / rate}).safety
+        self.seq = 0
+        self.rng = np.random.default_rng(0)
+
+    def start(self, timeout_s: float) -> None:
+        def first_command() -> bool:
+            self.publish_valid()
+            if self.probe.image_pubs:
+                self.probe.publish_images(self.rng)
+            if self.proc.proc.poll() is not None:
+                raise RuntimeError(f"the policy node exited: {self.proc.log()[-500:]}")
+            return bool(self.probe.commands)
+
+        if not wait_for(first_command, timeout_s, step_s=0.02):
+            raise RuntimeError(f"no command from the node within {timeout_s:.0f} s; its log: {self.proc.log()[-500:]}")
+
+    def publish_valid(self) -> None:
+        self.seq += 1
+        self.probe.publish_state(self.seq)
+
+    def diag(self) -> dict[str, Any]:
+        n = len(self.probe.diagnostics)
+        wait_for(lambda: len(self.probe.diagnostics) > n, 3.0)
+        return self.probe.diagnostics[-1] if self.probe.diagnostics else {}
+
+    def stop(self) -> None:
+        self.proc.stop()
+        self.probe.close()
+
+
+def measure_latency(nut: NodeUnderTest, seconds: float, state_hz: float) -> dict[str, Any]:
+    probe = nut.probe
+    before = nut.diag()
+    probe.commands.clear()
+    cpu0, t0 = nut.proc.cpu_seconds(), time.monotonic()
+    next_state, next_image = t0, t0
+    while time.monotonic() - t0 < seconds:
+        now = time.monotonic()
+        if now >= next_state:
+            nut.publish_valid()
+            next_state += 1.0 / state_hz
+        if probe.image_pubs and now >= next_image:
+            probe.publish_images(nut.rng)
+            next_image += 1.0 / 30.0  # a 30 fps camera
+        time.sleep(max(0.0, min(next_state, next_image if probe.image_pubs else next_state) - time.monotonic()))
+    elapsed = time.monotonic() - t0
+    cpu = (nut.proc.cpu_seconds() - cpu0) / elapsed * 100
+    time.sleep(0.2)
+    after = nut.diag()
+    lat = np.array([recv - probe.sent[m.header.frame_id][0] for recv, m in list(probe.commands)
+                    if m.header.frame_id in probe.sent]) * 1e3
+    missed = (after.get("missed_deadlines", 0) - before.get("missed_deadlines", 0)
+              + after.get("overruns", 0) - before.get("overruns", 0))
+    return {"rate_hz": nut.rate, "commands": int(lat.size), "expected": int(elapsed * nut.rate),
+            "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+            "p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+            "tick_p50_ms": after.get("loop_ms_p50", float("nan")), "tick_p99_ms": after.get("loop_ms_p99", float("nan")),
+            "missed": int(missed), "cpu_percent": float(cpu),
+            "unsafe": len(unsafe_commands(list(probe.commands), probe.sent, nut.limits))}
+
+
+def fuzz(nut: NodeUnderTest, messages: int, seed: int = 0) -> dict[str, Any]:
+    """Send ``messages`` bad messages (interleaved with valid state so the node keeps commanding) and check every
+    command published meanwhile. Returns counts and the first problems found."""
+    probe, rng = nut.probe, np.random.default_rng(seed)
+    names = [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1", "panda_finger_joint2"]
+    probe.commands.clear()
+    sent, kinds = 0, defaultdict(int)
+    stale_windows: list[tuple[float, float]] = []
+    max_age = 0.1  # the deploy file's max_state_age_s
+    JointState, PoseStamped, Arr = probe.msgs["JointState"], probe.msgs["PoseStamped"], probe.msgs["Float32MultiArray"]
+    while sent < messages:
+        kind = int(rng.integers(0, 12))
+        now_s = probe.node.get_clock().now().nanoseconds * 1e-9
+        nut.seq += 1
+        if kind == 0:  # a valid state, so the node keeps producing commands to check
+            nut.publish_valid()
+            sent += 3
+            kinds["valid"] += 3
+            continue
+        if kind == 1:  # NaN / inf / huge joints
+            js = JointState(name=names, position=[float(rng.choice([np.nan, np.inf, 1e9]))] * 9)
+            js.header.stamp = _stamp(now_s)
+            probe.joint_pub.publish(js)
+            kinds["bad_joints"] += 1
+        elif kind == 2:  # missing joints / names and positions of different lengths
+            js = JointState(name=names[:int(rng.integers(0, 9))], position=[0.0] * int(rng.integers(0, 9)))
+            js.header.stamp = _stamp(now_s)
+            probe.joint_pub.publish(js)
+            kinds["malformed_joints"] += 1
+        elif kind in (3, 4, 5):  # NaN pose, non-unit quaternion, pose far outside the workspace
+            pos = rng.normal(size=3) * (5.0 if kind == 5 else 0.1) + HOME_POS
+            quat = HOME_QUAT * (rng.uniform(1.5, 10) if kind == 4 else 1.0)
+            if kind == 3:
+                pos[int(rng.integers(0, 3))] = np.nan
+            msg = PoseStamped()
+            msg.header.stamp, msg.header.frame_id = _stamp(now_s), f"s{nut.seq}"
+            p, o = msg.pose.position, msg.pose.orientation
+            p.x, p.y, p.z = (float(v) for v in pos)
+            o.x, o.y, o.z, o.w = (float(v) for v in quat)
+            probe.sent[f"s{nut.seq}"] = (time.monotonic(), pos, quat)
+            probe.pose_pub.publish(msg)
+            kinds[("nan_pose", "bad_quaternion", "out_of_range_pose")[kind - 3]] += 1
+        elif kind in (6, 7, 8):  # out of order (-0.5 s), future (+0.5 s), clock jump (-100 s)
+            offset = {6: -0.5, 7: 0.5, 8: -100.0}[kind]
+            pos = HOME_POS + rng.normal(size=3) * 0.05
+            probe.publish_state(nut.seq, pos=pos, stamp_s=now_s + offset)
+            sent += 2
+            kinds[("out_of_order", "future_stamp", "clock_jump")[kind - 6]] += 3
+        elif kind == 9:  # object state of the wrong size or NaN
+            size = int(rng.choice([0, 3, 9, 11, 10]))
+            data = [float("nan") if size == 10 else 0.0] * size
+            probe.object_pub.publish(Arr(data=data))
+            kinds["bad_object_state"] += 1
+        elif kind == 10 and rng.random() < 0.002:  # a stale gap: nothing for 3x the age limit
+            start = time.monotonic()
+            time.sleep(3 * max_age)
+            stale_windows.append((start, time.monotonic()))
+            kinds["stale_gaps"] += 1
+            continue
+        else:  # out-of-range joint values (beyond the joint limits)
+            probe.publish_state(nut.seq, joints=[float(v) for v in rng.uniform(-4, 4, 9)])
+            sent += 2
+            kinds["out_of_range_joints"] += 3
+        sent += 1
+        if sent % 200 < 3:
+            time.sleep(0.002)  # let the node's executor breathe, like a real (bursty) network
+    time.sleep(0.5)
+    commands = list(probe.commands)
+    problems = unsafe_commands(commands, probe.sent, nut.limits)
+    slack = max_age + 3.0 / nut.rate + 0.05
+    for recv, _ in commands:
+        for start, end in stale_windows:
+            if start + slack < recv < end:
+                problems.append(f"command {recv - start:.3f} s into a stale gap")
+    return {"messages": sent, "commands": len(commands), "unsafe": len(problems), "problems": problems[:5],
+            "kinds": dict(kinds), "diag": nut.diag()}
+
+
+def soak(nut: NodeUnderTest, minutes: float) -> dict[str, Any]:
+    """Node + probe at the node's rate for ``minutes``: deadline drift (missed per window) and resident memory."""
+    t0 = time.monotonic()
+    samples = []
+    next_state, next_sample = t0, t0 + 10.0
+    while time.monotonic() - t0 < minutes * 60:
+        if time.monotonic() >= next_state:
+            nut.publish_valid()
+            next_state += 1.0 / 200.0
+        if time.monotonic() >= next_sample:
+            d = nut.probe.diagnostics[-1] if nut.probe.diagnostics else {}
+            samples.append((time.monotonic() - t0, nut.proc.rss_mb(), d.get("missed_deadlines", 0), d.get("ticks", 0)))
+            next_sample += 10.0
+            nut.probe.commands.clear()  # keep the probe's memory flat too
+            nut.probe.sent.clear()
+        time.sleep(max(0.0, next_state - time.monotonic()))
+    rss = np.array([s[1] for s in samples])
+    first = rss[: max(1, len(rss) // 10)].mean()
+    return {"minutes": minutes, "rss_first_mb": float(first), "rss_last_mb": float(rss[-1]),
+            "rss_growth_percent": float((rss[-1] - first) / first * 100), "missed": int(samples[-1][2]),
+            "ticks": int(samples[-1][3])}
+
+
+def run_node_bench(config: NodeBenchConfig) -> dict[str, Any]:
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    figures: dict[str, Any] = {}
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="robo_bench_node_") as tmp:
+        work = Path(tmp)
+        if config.minutes > 0:
+            nut = NodeUnderTest(work, "soak", 100.0, LOWDIM, ())
+            try:
+                nut.start(config.startup_timeout_s)
+                result = soak(nut, config.minutes)
+            finally:
+                nut.stop()
+            rows += [("soak minutes at 100 Hz", f"{result['minutes']:.1f}", f"{result['ticks']} ticks"),
+                     ("resident memory growth", f"{result['rss_growth_percent']:+.1f} %",
+                      f"{result['rss_first_mb']:.0f} -> {result['rss_last_mb']:.0f} MB"),
+                     ("missed deadlines", str(result["missed"]), "")]
+            print_table("robo bench node --minutes (policy node soak through DDS)", rows)
+            figures = {"soak_minutes": result["minutes"], "rss_growth_percent": result["rss_growth_percent"],
+                       "missed": result["missed"], "p50_ms": None, "p99_ms": None, "unsafe_published": 0,
+                       "fuzz_messages": 0, "cpu_percent": None}
+            print_json_line(figures)
+            return figures
+        runs = [("lowdim_50hz", 50.0, LOWDIM, ()), ("lowdim_100hz", 100.0, LOWDIM, ())]
+        if config.cameras:
+            runs.append(("cameras_20hz", 20.0, {**LOWDIM, **CAMERAS}, tuple(CAMERAS)))
+        results, fuzz_result = {}, None
+        for name, rate, spec, images in runs:
+            nut = NodeUnderTest(work, name, rate, spec, images)
+            try:
+                nut.start(config.startup_timeout_s)
+                results[name] = measure_latency(nut, config.seconds, config.state_hz)
+                if name == "lowdim_100hz" and config.fuzz_messages > 0:
+                    fuzz_result = fuzz(nut, config.fuzz_messages)
+            finally:
+                nut.stop()
+        for name, r in results.items():
+            rows.append((f"{name} obs->command p50 / p99",
+                         f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} ms",
+                         f"node tick alone {r['tick_p50_ms']:.2f} / {r['tick_p99_ms']:.2f} ms"))
+            rows.append((f"{name} missed deadlines", str(r["missed"]), f"{r['commands']} commands, {r['expected']} periods"))
+            rows.append((f"{name} node CPU", f"{r['cpu_percent']:.1f} %", "of one core"))
+        if fuzz_result is not None:
+            rows.append(("fuzz messages", str(fuzz_result["messages"]), ", ".join(f"{k} {v}" for k, v in sorted(fuzz_result["kinds"].items()))))
+            rows.append(("commands during fuzz", str(fuzz_result["commands"]), f"holds {fuzz_result['diag'].get('hold_ticks', 0)}"))
+            rows.append(("unsafe commands", str(fuzz_result["unsafe"]), "; ".join(fuzz_result["problems"][:2]) or "none"))
+        print_table("robo bench node (policy node and probe in separate processes, DDS on loopback)", rows)
+        main_run = results.get("lowdim_100hz", next(iter(results.values())))
+        unsafe = sum(r["unsafe"] for r in results.values()) + (fuzz_result["unsafe"] if fuzz_result else 0)
+        figures = {"p50_ms": round(main_run["p50_ms"], 3), "p99_ms": round(main_run["p99_ms"], 3),
+                   "missed": int(sum(r["missed"] for r in results.values())), "unsafe_published": int(unsafe),
+                   "fuzz_messages": int(fuzz_result["messages"]) if fuzz_result else 0,
+                   "cpu_percent": round(main_run["cpu_percent"], 1),
+                   **{f"{n}_{k}": round(v, 3) for n, r in results.items() for k, v in r.items()
+                      if k in ("p50_ms", "p99_ms", "missed", "cpu_percent", "tick_p99_ms")}}
+        print_json_line(figures)
+    return figures
