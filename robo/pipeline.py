@@ -100,9 +100,10 @@ def validate_dataset(config: PipelineConfig, run: PipelineRun) -> dict[str, Any]
 
     report = check(run.dataset)
     print(f"      {report.summary()}")
-    if not report.ok:
-        raise DatasetError(f"{run.dataset} failed validation: {report.problems[0]}")
-    return {"dataset_ok": report.ok}
+    if not report.clean:
+        reason = report.problems[0] if report.problems else report.summary()
+        raise DatasetError(f"{run.dataset} failed validation: {reason}")
+    return {"dataset_ok": report.clean}
 
 
 def train_teacher(config: PipelineConfig, run: PipelineRun) -> dict[str, Any]:

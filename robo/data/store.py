@@ -137,26 +137,25 @@ class TornTail:
         return ", ".join(p for p in parts if p) or "nothing"
 
 
-_METADATA_FILES = {".zarray", ".zattrs", ".zgroup", "zarr.json"}
-
-
 def _chunk_files_past(arr: zarr.Array, array_dir: Path, n_steps: int) -> list[Path]:
-    """Chunk files of ``arr`` whose first step is at or past ``n_steps`` (the partly-used boundary chunk stays)."""
-    if not array_dir.is_dir():
+    """Chunk files of ``arr`` whose first step is at or past ``n_steps`` (the partly-used boundary chunk stays).
+
+    Only the time index (the first one in a chunk key) is read: zarr-3's default keys are ``c/<t>/<j>/...``
+    (folders), zarr-2's ``<t>.<j>...`` (files), so one directory listing finds them without walking every chunk.
+    """
+    top = array_dir / "c" if (array_dir / "c").is_dir() else array_dir
+    if not top.is_dir():
         return []
-    step = int(arr.chunks[0])
-    first_unused = -(-n_steps // step)  # ceil: the chunk after the one holding step n_steps - 1
-    found = []
-    for dirpath, _, files in os.walk(array_dir):
-        for name in files:
-            if name in _METADATA_FILES or name.startswith("."):
-                continue  # metadata and LocalStore's temporary files
-            key = os.path.relpath(os.path.join(dirpath, name), array_dir)
-            parts = [p for p in re.split(r"[./\\]", key) if p]
-            if parts and parts[0] == "c":  # zarr v3 default chunk-key encoding "c/<i>/<j>..."
-                parts = parts[1:]
-            if parts and parts[0].isdigit() and int(parts[0]) >= first_unused:
-                found.append(Path(dirpath) / name)
+    first_unused = -(-n_steps // int(arr.chunks[0]))  # ceil: the chunk after the one holding step n_steps - 1
+    found: list[Path] = []
+    for entry in os.scandir(top):
+        head = re.split(r"[./]", entry.name, maxsplit=1)[0]
+        if entry.name.startswith(".") or not head.isdigit() or int(head) < first_unused:
+            continue  # metadata (.zarray, zarr.json), LocalStore temporaries, chunks still in use
+        if entry.is_dir():
+            found.extend(p for p in Path(entry.path).rglob("*") if p.is_file())
+        else:
+            found.append(Path(entry.path))
     return found
 
 
