@@ -364,20 +364,23 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     rclpy.init(args=sys.argv if argv is None else argv)
-    node = None
     try:
         node = PolicyNode()
+    except (DeployConfigError, ValueError, RuntimeError) as err:  # bad parameters or checkpoint: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    try:
         executor = SingleThreadedExecutor()  # one persistent executor: no per-spin add/remove of the node
         executor.add_node(node)
         executor.spin()
-    except (DeployConfigError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        if rclpy.ok():  # a publish racing the SIGINT shutdown is not an error; anything else is
+            raise
     finally:
-        if node is not None:
-            node.destroy_node()
+        node.destroy_node()
         rclpy.try_shutdown()
     return 0
 

@@ -119,13 +119,28 @@ def _bench_improve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy(args: argparse.Namespace) -> int:
+    from robo.deploy import DeployRunConfig, run_deploy
+
+    return run_deploy(dataclass_from_args(DeployRunConfig, args))
+
+
+def _bench_node(args: argparse.Namespace) -> int:
+    from robo.bench.node import NodeBenchConfig, run_node_bench
+
+    run_node_bench(dataclass_from_args(NodeBenchConfig, args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Imported here (cheap: dataclasses only) so the flags come from the same dataclasses the code uses.
     from robo.bench.finetune import FinetuneBenchConfig
     from robo.bench.latency import LatencyBenchConfig
+    from robo.bench.node import NodeBenchConfig
     from robo.bench.store import StoreBenchConfig
     from robo.bench.train import TrainBenchConfig
     from robo.collect import CollectConfig
+    from robo.deploy import DeployRunConfig
     from robo.data.cli import add_data_commands
     from robo.evaluate import EvalConfig
     from robo.export import ExportConfig
@@ -170,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(p, ExportConfig)
     p.set_defaults(func=_export)
 
+    p = sub.add_parser("deploy", help="run a launch file's processes (policy node, sim mock) without ros2cli")
+    add_dataclass_args(p, DeployRunConfig)
+    p.set_defaults(func=_deploy)
+
     bench = sub.add_parser("bench", help="benchmarks: a table, then one JSON line of figures")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     p = bench_sub.add_parser("finetune", help="online PPO, distilled student and noise-space PPO on one budget")
@@ -184,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("train", help="training samples per second, beside a baseline UNet")
     add_dataclass_args(p, TrainBenchConfig)
     p.set_defaults(func=_bench_train)
+    p = bench_sub.add_parser("node", help="policy node through DDS: latency at 50/100 Hz, missed deadlines, CPU, fuzz")
+    add_dataclass_args(p, NodeBenchConfig)
+    p.set_defaults(func=_bench_node)
     from robo.bench.improve import ImproveBenchConfig
     from robo.bench.ope import OPEBenchConfig
 

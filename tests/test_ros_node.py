@@ -1,0 +1,167 @@
+"""The ROS 2 policy node: message conversion, parameters, spec refusal, and the node against the MuJoCo sim mock
+as separate processes over real DDS on loopback (started through `robo deploy`, as an operator would)."""
+
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from hardware.deploy_config import DeployConfigError, load_deploy_config
+from hardware.ros_convert import MessageError, image_to_numpy, joint_positions, numpy_to_image, pose_to_arrays
+from robo.bench.node import LOWDIM, REPO, fresh_checkpoint, unsafe_commands, wait_for
+
+
+def image_msg(array, encoding, step=None, bigendian=False):
+    height, width = array.shape[:2]
+    row = array.reshape(height, -1).view(np.uint8)
+    step = step or row.shape[1]
+    data = np.zeros((height, step), np.uint8)
+    data[:, :row.shape[1]] = row
+    return SimpleNamespace(encoding=encoding, height=height, width=width, step=step, is_bigendian=bigendian,
+                           data=data.tobytes())
+
+
+# ---------------------------------------------------------------------------------------------- conversion
+def test_images_are_read_through_the_row_step():
+    rgb = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(image_to_numpy(image_msg(rgb, "rgb8", step=7 * 3 + 11)), rgb)  # padded rows
+    np.testing.assert_array_equal(image_to_numpy(image_msg(rgb[:, :, ::-1].copy(), "bgr8")), rgb)
+    depth = np.arange(35, dtype=np.uint16).reshape(5, 7) * 300
+    got = image_to_numpy(image_msg(depth, "16UC1", step=7 * 2 + 2))
+    assert got.shape == (5, 7, 1) and got.dtype == np.uint16
+    np.testing.assert_array_equal(got[:, :, 0], depth)
+    big = image_msg(depth.astype(">u2"), "16UC1", bigendian=True)
+    np.testing.assert_array_equal(image_to_numpy(big)[:, :, 0], depth)
+    metres = image_to_numpy(image_msg(np.array([[0.5, np.nan]], np.float32), "32FC1"))
+    np.testing.assert_array_equal(metres[:, :, 0], [[500, 0]])
+
+
+def test_round_trip_through_a_real_image_message():
+    from sensor_msgs.msg import Image
+
+    rgb = np.random.default_rng(1).integers(0, 255, (8, 6, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(image_to_numpy(numpy_to_image(rgb, Image())), rgb)
+    depth = np.random.default_rng(2).integers(0, 4000, (8, 6, 1)).astype(np.uint16)
+    np.testing.assert_array_equal(image_to_numpy(numpy_to_image(depth, Image())), depth)
+
+
+@pytest.mark.parametrize("msg,why", [
+    (SimpleNamespace(encoding="yuv422", height=1, width=1, step=2, is_bigendian=False, data=b"00"), "not supported"),
+    (SimpleNamespace(encoding="rgb8", height=2, width=4, step=8, is_bigendian=False, data=bytes(24)), "step 8"),
+    (SimpleNamespace(encoding="rgb8", height=2, width=4, step=12, is_bigendian=False, data=bytes(20)), "20 bytes"),
+    (SimpleNamespace(encoding="mono8", height=0, width=4, step=4, is_bigendian=False, data=b""), "4x0")])
+def test_malformed_images_are_refused_in_one_line(msg, why):
+    with pytest.raises(MessageError, match=why):
+        image_to_numpy(msg)
+
+
+def test_joint_states_and_poses_are_validated():
+    names = ["a", "b", "c"]
+    assert joint_positions(SimpleNamespace(name=["c", "a", "b"], position=[3.0, 1.0, 2.0]), names).tolist() == [1, 2, 3]
+    with pytest.raises(MessageError, match=r"lacks joints \['c'\]"):
+        joint_positions(SimpleNamespace(name=["a", "b"], position=[1.0, 2.0]), names)
+    with pytest.raises(MessageError, match="NaN"):
+        joint_positions(SimpleNamespace(name=names, position=[1.0, np.nan, 2.0]), names)
+    with pytest.raises(MessageError, match="3 names but 2"):
+        joint_positions(SimpleNamespace(name=names, position=[1.0, 2.0]), names)
+
+    def pose(x, q):
+        return SimpleNamespace(pose=SimpleNamespace(position=SimpleNamespace(x=x, y=0.0, z=0.0),
+                                                    orientation=SimpleNamespace(x=q[0], y=q[1], z=q[2], w=q[3])))
+
+    pos, quat = pose_to_arrays(pose(0.5, (0, 0, 0, 1.0)))
+    assert pos[0] == 0.5 and quat[3] == 1.0
+    with pytest.raises(MessageError, match="unit quaternion"):
+        pose_to_arrays(pose(0.5, (0, 0, 0, 3.0)))
+    with pytest.raises(MessageError, match="NaN"):
+        pose_to_arrays(pose(np.nan, (0, 0, 0, 1.0)))
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+@pytest.mark.parametrize("robot,output", [("fr3", "pose"), ("panda", "pose"), ("ur5e", "joint_trajectory"),
+                                          ("sim_panda", "pose")])
+def test_every_robot_parameter_file_loads(robot, output):
+    config = load_deploy_config(REPO / "hardware" / "robots" / f"{robot}_deploy.yaml")
+    assert config.output == output and len(config.joint_names) == len(config.safety.joint_max_vel)
+
+
+def test_parameter_typos_and_contradictions_are_refused(tmp_path):
+    bad = tmp_path / "robot.yaml"
+    bad.write_text("/**:\n  ros__parameters:\n    control_rate: 20.0\n")
+    with pytest.raises(DeployConfigError, match=r"unknown parameters \['control_rate'\]"):
+        load_deploy_config(bad)
+    bad.write_text("/**:\n  ros__parameters:\n    safety: {workspace_lo: [0, 0, 0]}\n")
+    with pytest.raises(DeployConfigError, match=r"safety.workspace_lo"):
+        load_deploy_config(bad)
+    bad.write_text("/**:\n  ros__parameters:\n    output: joint_trajectory\n    kinematics: none\n")
+    with pytest.raises(DeployConfigError, match="needs a kinematic model"):
+        load_deploy_config(bad)
+    bad.write_text("/**:\n  ros__parameters:\n    image_topics: ['agentview_rgb:/camera']\n")
+    with pytest.raises(DeployConfigError, match="observation_key=/topic"):
+        load_deploy_config(bad)
+
+
+def test_a_checkpoint_the_robot_cannot_feed_is_refused_in_one_line(tmp_path):
+    from hardware.ros_node import load_policy
+    from policies.spec import CheckpointMismatch
+
+    ckpt = fresh_checkpoint(tmp_path / "ckpt", LOWDIM)
+    fr3 = load_deploy_config(REPO / "hardware" / "robots" / "fr3_deploy.yaml", {"checkpoint": str(ckpt)})
+    with pytest.raises(CheckpointMismatch, match=r"needs observation keys \['object_state'\]") as err:
+        load_policy(fr3)
+    assert "\n" not in str(err.value)
+    sim = load_deploy_config(REPO / "hardware" / "robots" / "sim_panda_deploy.yaml", {"checkpoint": str(ckpt)})
+    policy, spec, _ = load_policy(sim)
+    assert set(spec.obs_keys) == set(LOWDIM)
+
+
+# ---------------------------------------------------------------------------------------------- over DDS
+@pytest.mark.ros
+def test_node_drives_the_sim_mock_over_dds_within_limits(tmp_path):
+    """`robo deploy` starts the sim mock and the policy node (two processes, DDS on loopback); a probe in this
+    process watches: commands flow at the control rate, each stays within one step of a measured pose and inside
+    the workspace, the arm moves, disarming stops commands and dry run diverts them to ~/proposed."""
+    from robo.bench.node import Probe
+
+    ckpt = fresh_checkpoint(tmp_path / "ckpt", LOWDIM)
+    limits = load_deploy_config(REPO / "hardware" / "robots" / "sim_panda_deploy.yaml").safety
+    probe = Probe()
+    deploy = subprocess.Popen([sys.executable, "-m", "robo.cli", "deploy", "--launch", "launch/sim.launch.yaml",
+                               "--checkpoint", str(ckpt), "--seconds", "170"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for(lambda: len(probe.commands) >= 60 or deploy.poll() is not None, 150), "no commands in 150 s"
+        assert deploy.poll() is None, deploy.stdout.read()
+        commands, poses = list(probe.commands), list(probe.poses)
+        # Each target is within one step of a pose the mock published just before it (the node integrates from
+        # the measured pose), and never further outside the box than that pose.
+        for recv, cmd in commands[5:]:
+            recent = [p for t, p in poses if recv - 0.4 < t <= recv]
+            sent = {f"{i}": (0.0, *pose_to_arrays(p)) for i, p in enumerate(recent)}
+            ok = []
+            for key in sent:
+                cmd.header.frame_id = key
+                ok.append(not unsafe_commands([(recv, cmd)], sent, limits))
+            assert any(ok), "a command is more than one step away from every recent measured pose"
+        positions = np.array([pose_to_arrays(p)[0] for _, p in poses])
+        assert np.ptp(positions, axis=0).max() > 0.005, "the simulated arm did not move"
+        diag = probe.diagnostics[-1]
+        assert diag["armed"] and diag["commands"] >= 60 and not diag["stale_streams"]
+
+        assert probe.call("/robo_policy_node/arm", False)
+        time.sleep(0.3)
+        count = len(probe.commands)
+        time.sleep(1.0)
+        assert len(probe.commands) == count, "commands kept coming after disarm"
+        assert probe.call("/robo_policy_node/dry_run", True) and probe.call("/robo_policy_node/arm", True)
+        assert wait_for(lambda: len(probe.proposed) >= 10, 10)
+        assert len(probe.commands) == count, "dry run executed commands"
+    finally:
+        probe.close()
+        if deploy.poll() is None:
+            deploy.send_signal(subprocess.signal.SIGINT)
+        out, _ = deploy.communicate(timeout=30)
+    assert "starting" in out and "Traceback" not in out, out[-2000:]
