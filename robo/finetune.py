@@ -50,8 +50,8 @@ class FinetuneConfig:
     minibatch_size: int = 128  # chunks per PPO minibatch
     gamma: float = 0.99  # per env step; a chunk of n executed actions is discounted by gamma**n
     gae_lambda: float = 0.95  # GAE lambda
-    clip_eps: float = 0.2  # PPO clip range (per denoising step)
-    target_kl: float = 0.05  # stop an iteration's updates once approx-KL passes this (0 = off)
+    clip_eps: float = 0.0  # PPO clip range on per-dimension ratios; 0 = per method: chain 0.01 (DPPO), others 0.05
+    target_kl: float = 0.01  # stop an iteration's updates once per-dimension approx-KL passes this (0 = off)
     value_clip: float = 0.2  # clipped value loss: the value may move +-this per iteration (0 = plain MSE)
     vf_coef: float = 0.5  # weight of the value loss
     lr: float = 3e-5  # actor learning rate (the denoiser, or the Gaussian policy)
@@ -182,7 +182,8 @@ def train_online(config: FinetuneConfig, venv: Any = None,
         from safetensors.torch import load_file
 
         value.load_state_dict(load_file(str(config.value_init)))
-    ppo_cfg = PPOConfig(clip_eps=config.clip_eps, target_kl=config.target_kl, max_grad_norm=config.max_grad_norm,
+    clip_eps = config.clip_eps or (0.01 if actor.num_logp_steps > 1 else 0.05)
+    ppo_cfg = PPOConfig(clip_eps=clip_eps, target_kl=config.target_kl, max_grad_norm=config.max_grad_norm,
                         value_clip=config.value_clip, trainable_last_k=0)  # last-K' is handled inside ChainActor
     n_exec = spec.n_action_steps
     out.mkdir(parents=True, exist_ok=True)

@@ -16,10 +16,10 @@ What each iteration does:
    ``value_warmup_iters`` iterations fit only the value net, to Monte-Carlo returns (lambda = 1), so the first
    policy gradient does not follow a random critic.
 
-Only the executed part of a chunk receives gradient: the log-probability of a chunk sums over action dims and only
+Only the executed part of a chunk receives gradient: the log-probability of a chunk covers the action dims of only
 the executed time indices ``n_obs-1 .. n_obs-1+n_exec-1`` (the rest never reaches the env, so its likelihood
-carries no signal). Log-probs are in normalised action space, shape (B, K): K denoising steps (K = 1 for Gaussian
-and noise-space actors). Noise clipping truncates the Gaussian; its density is not renormalised (as in DPPO), a
+carries no signal). Log-probs are in normalised action space, averaged per dimension (DPPO's convention; see
+``masked_logprob``), shape (B, K): K denoising steps (K = 1 for Gaussian and noise-space actors). Noise clipping truncates the Gaussian; its density is not renormalised (as in DPPO), a
 bias of at most P(|z| > 3) = 0.3% per dimension.
 
 ``trainable_last_k``: only the last K' denoising steps enter the loss (earlier steps run without gradient). The
@@ -53,12 +53,17 @@ def executed_mask(spec: Any, n_exec: int | None = None) -> torch.Tensor:
 
 def masked_logprob(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor, time_mask: torch.Tensor | None
                    ) -> torch.Tensor:
-    """Gaussian log-density of (B, T, A) summed over A and the masked T indices -> (B,)."""
-    if time_mask is None:
-        return gaussian_logprob(x, mean, sigma)
-    m = time_mask.to(x.device)
-    sig = sigma[m] if sigma.ndim >= 2 else sigma  # a per-(T, A) std is masked along with the samples
-    return gaussian_logprob(x[:, m], mean[:, m], sig)
+    """Gaussian log-density of (B, T, A) over A and the masked T indices, AVERAGED per dimension -> (B,).
+
+    PPO's convention here (as in DPPO): the per-dimension mean, so a ratio is the geometric mean of per-dimension
+    ratios and clip ranges / KL targets do not scale with the chunk size. The policies' own ``chain_logprob`` sums
+    (a constant factor: sum = mean * dims); both are documented in docs/online_rl.md.
+    """
+    if time_mask is not None:
+        m = time_mask.to(x.device)
+        x, mean = x[:, m], mean[:, m]
+        sigma = sigma[m] if sigma.ndim >= 2 else sigma  # a per-(T, A) std is masked along with the samples
+    return gaussian_logprob(x, mean, sigma) / x[0].numel()
 
 
 def _clipped_noise(shape: torch.Size, generator: torch.Generator | None, clip: float, device: torch.device
