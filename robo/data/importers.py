@@ -6,7 +6,7 @@
   actions}``, ``data.attrs["env_info"]``): each demo is *replayed* in our ``SimEnv`` by setting the recorded MuJoCo
   states, so the observations come out in our keys, frames and units (cameras at any size, depth in mm) instead of
   robomimic's. Actions are OSC_POSE deltas, like ours. A teleop device can send values slightly outside the
-  controller's input range (robosuite files often hold 1.02 or -1.05); the controller clipped them before acting,
+  controller's input range (a robosuite file can hold 1.05 or -1.02); the controller clipped them before acting,
   so the importer stores the clipped values (what the arm executed) and says how many it clipped.
 """
 
