@@ -164,8 +164,11 @@ def _staging_view(arr: zarr.Array, n_steps: int) -> zarr.Array:
     past the recorded shape, which no reader looks at until a commit resizes the array over them."""
     inner = arr.async_array
     shape = (n_steps, *arr.shape[1:])
-    return Array(AsyncArray(metadata=inner.metadata.update_shape(shape), store_path=inner.store_path,
-                            config=inner._config))
+    # The view keeps the array's own config (write_empty_chunks above all: an all-zero chunk must still land);
+    # should zarr rename that attribute, the default config is built under the same setting.
+    with zarr.config.set(_EVERY_CHUNK):
+        return Array(AsyncArray(metadata=inner.metadata.update_shape(shape), store_path=inner.store_path,
+                                config=getattr(inner, "_config", None)))
 
 
 @dataclass
