@@ -1,4 +1,4 @@
-"""Serial-arm kinematics from Denavit-Hartenberg parameters: forward kinematics, a numerical Jacobian, and one
+"""Serial-arm kinematics from Denavit-Hartenberg parameters: forward kinematics, the geometric Jacobian, and one
 damped-least-squares step. The safety filter uses it to see which joints a Cartesian step moves (joint position and
 velocity limits) and the node uses it to turn a Cartesian step into a joint target for joint_trajectory_controller.
 
@@ -8,6 +8,7 @@ driver's measured end-effector frame do not bias the target: the step is always 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,12 +26,13 @@ class DHChain:
     def n_joints(self) -> int:
         return len(self.rows)
 
-    def forward(self, q: np.ndarray) -> np.ndarray:
-        """4x4 pose of the tool in the base frame."""
+    def frames(self, q: np.ndarray) -> list[np.ndarray]:
+        """4x4 pose of every joint frame (base first) and, last, of the tool, in the base frame."""
         t = np.eye(4)
+        out = [t]
         for (a, d, alpha, off), qi in zip(self.rows, np.asarray(q, dtype=np.float64)):
-            ct, st = np.cos(qi + off), np.sin(qi + off)
-            ca, sa = np.cos(alpha), np.sin(alpha)
+            ct, st = math.cos(qi + off), math.sin(qi + off)
+            ca, sa = math.cos(alpha), math.sin(alpha)
             if self.modified:  # Rot_x(alpha) Trans_x(a) Rot_z(theta) Trans_z(d)
                 step = np.array([[ct, -st, 0, a], [st * ca, ct * ca, -sa, -d * sa],
                                  [st * sa, ct * sa, ca, d * ca], [0, 0, 0, 1]])
@@ -38,21 +40,29 @@ class DHChain:
                 step = np.array([[ct, -st * ca, st * sa, a * ct], [st, ct * ca, -ct * sa, a * st],
                                  [0, sa, ca, d], [0, 0, 0, 1]])
             t = t @ step
-        if self.flange_d:
-            t = t @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, self.flange_d], [0, 0, 0, 1.0]])
-        return t
+            out.append(t)
+        tool = t.copy()
+        tool[:3, 3] += self.flange_d * t[:3, 2]
+        out.append(tool)
+        return out
 
-    def jacobian(self, q: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-        """6 x n: rows 0-2 linear velocity, rows 3-5 angular velocity (base frame), by central differences."""
-        q = np.asarray(q, dtype=np.float64)
-        jac = np.zeros((6, self.n_joints))
-        for i in range(self.n_joints):
-            dq = np.zeros_like(q)
-            dq[i] = eps
-            plus, minus = self.forward(q + dq), self.forward(q - dq)
-            jac[:3, i] = (plus[:3, 3] - minus[:3, 3]) / (2 * eps)
-            jac[3:, i] = rotvec_of(plus[:3, :3] @ minus[:3, :3].T) / (2 * eps)
-        return jac
+    def forward(self, q: np.ndarray) -> np.ndarray:
+        """4x4 pose of the tool in the base frame."""
+        return self.frames(q)[-1]
+
+    def jacobian(self, q: np.ndarray) -> np.ndarray:
+        """6 x n geometric Jacobian: rows 0-2 linear velocity, rows 3-5 angular velocity, base frame.
+
+        Joint i turns about the z axis of frame i (modified DH) or of frame i-1 (standard DH); column i is
+        (z x (p_tool - p_axis), z). One forward pass, no finite differences: it runs in every control tick.
+        """
+        frames = self.frames(q)
+        tool = frames[-1][:3, 3]
+        axes = frames[1:-1] if self.modified else frames[:-2]
+        z = np.array([f[:3, 2] for f in axes]).T  # (3, n) joint axes
+        r = tool[:, None] - np.array([f[:3, 3] for f in axes]).T  # (3, n) axis point -> tool
+        linear = np.stack([z[1] * r[2] - z[2] * r[1], z[2] * r[0] - z[0] * r[2], z[0] * r[1] - z[1] * r[0]])
+        return np.concatenate([linear, z])
 
     def dls_step(self, q: np.ndarray, twist: np.ndarray, damping: float = 0.02) -> np.ndarray:
         """Joint step dq that best realises ``twist`` = (dx, dy, dz, rx, ry, rz) in the base frame.

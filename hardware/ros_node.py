@@ -238,8 +238,9 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         return response
 
     # ----------------------------------------------------------------------------------------- control
-    def observation(self) -> tuple[dict[str, np.ndarray], dict[str, float], MeasuredState]:
-        """The current observation and per-stream receipt times; raises MessageError naming the stream."""
+    def observation(self) -> tuple[dict[str, np.ndarray], dict[str, float], MeasuredState, str]:
+        """The current observation, per-stream receipt times, the measured state and its frame; raises
+        MessageError naming the stream."""
         cfg = self.config
         obs: dict[str, np.ndarray] = {}
         stamps: dict[str, float] = {}
@@ -258,7 +259,6 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
             raise MessageError(f"no end-effector pose yet on {cfg.eef_pose_topic}")
         pose_msg, stamps["eef_pose"] = self._latest["eef_pose"]
         pos, quat = pose_to_arrays(pose_msg)
-        self._frame = cfg.base_frame or pose_msg.header.frame_id
         obs["eef_pos"], obs["eef_quat"] = pos.astype(np.float32), quat.astype(np.float32)
         for key, topic in self._image_keys.items():
             if key not in self._latest:
@@ -279,7 +279,7 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
             if key in self.spec.obs_keys:
                 obs[key] = float_array(msg, int(np.prod(self.spec.obs_keys[key][0])))
         state = MeasuredState(pos, quat, q[:len(cfg.joint_names)])
-        return obs, stamps, state
+        return obs, stamps, state, cfg.base_frame or pose_msg.header.frame_id
 
     def _tick(self) -> None:
         start = time.monotonic()
@@ -289,8 +289,9 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         self._last_tick = start
         self.counters["ticks"] += 1
         try:
-            obs, stamps, state = self.observation()
-            self._last_state = state
+            obs, stamps, state, frame = self.observation()
+            # The frame travels with the state: a watchdog hold later uses both from the same message.
+            self._last_state, self._frame = state, frame
             result = self.runner.act(obs, now=start, stamp=stamps)
         except MessageError as err:
             result = Hold(str(err))

@@ -209,3 +209,26 @@ def test_a_real_arm_can_be_slowed_below_the_training_scale():
     np.testing.assert_allclose(cmd.target_pos - HOME_POS, [0.005, 0.01, -0.01])
     np.testing.assert_allclose(cmd.action[:6], [0.1, 0.2, -0.2, 0.1, 0.2, 0])
     assert "delta_clip" in cmd.interventions
+
+
+@pytest.mark.parametrize("chain", [FRANKA, UR5E], ids=["franka", "ur5e"])
+def test_analytic_jacobian_matches_finite_differences(chain):
+    from hardware.kinematics import rotvec_of
+
+    rng = np.random.default_rng(8)
+    for _ in range(5):
+        q = rng.uniform(-2, 2, chain.n_joints)
+        jac, eps = chain.jacobian(q), 1e-6
+        for i in range(chain.n_joints):
+            dq = np.zeros_like(q)
+            dq[i] = eps
+            plus, minus = chain.forward(q + dq), chain.forward(q - dq)
+            np.testing.assert_allclose(jac[:3, i], (plus[:3, 3] - minus[:3, 3]) / (2 * eps), atol=1e-6)
+            np.testing.assert_allclose(jac[3:, i], rotvec_of(plus[:3, :3] @ minus[:3, :3].T) / (2 * eps), atol=1e-6)
+
+
+def test_forward_kinematics_at_known_poses():
+    """Franka's ready pose puts the hand (flange + 0.1034 m) at (0.307, 0, 0.487); the UR5e at zero is stretched
+    along -x with the published link lengths."""
+    np.testing.assert_allclose(FRANKA.forward(HOME_Q)[:3, 3], [0.3069, 0.0, 0.4869], atol=1e-3)
+    np.testing.assert_allclose(UR5E.forward(np.zeros(6))[:3, 3], [-0.8172, -0.2329, 0.0628], atol=1e-4)

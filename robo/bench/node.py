@@ -81,7 +81,7 @@ class RosProcess:
             args += ["-p", f"{key}:={_ros_value(value)}"]
         self.log_path = log
         self._log = open(log, "w")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(args, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def cpu_seconds(self) -> float:
