@@ -163,3 +163,36 @@ def measure_ratio_spread(policy: Any, obs: dict, floors: tuple[float, ...] = (0.
                      "chain_ratio_min": float(chain_ratio.min()), "chain_ratio_max": float(chain_ratio.max()),
                      "trainable_steps": int(trainable_mask(ratio.shape[1], 0).sum())})
     return rows
+
+
+def _main() -> None:
+    """``python -m robo.rl.offline --checkpoint C --dataset D``: the std-floor measurement on real data."""
+    import argparse
+    import json
+
+    from policies.checkpoint import load_checkpoint
+    from robo.rl.transitions import TransitionConfig, load_offline_data, obs_windows
+
+    parser = argparse.ArgumentParser(description=measure_ratio_spread.__doc__)
+    parser.add_argument("--checkpoint", required=True, help="diffusion policy checkpoint")
+    parser.add_argument("--dataset", required=True, help="dataset whose states the chains are sampled at")
+    parser.add_argument("--floors", type=float, nargs="*", default=[0.01, 0.03, 0.1, 0.2], help="std floors")
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the one step")
+    parser.add_argument("--states", type=int, default=256, help="dataset states (one chain each)")
+    parser.add_argument("--seed", type=int, default=0, help="state choice, chains and advantages")
+    args = parser.parse_args()
+    policy = load_checkpoint(args.checkpoint)
+    data = load_offline_data(args.dataset, TransitionConfig(chunk=policy.spec.n_action_steps, allow_all_success=True))
+    idx = np.random.default_rng(args.seed).choice(data.chunks.index, args.states)
+    obs = obs_windows(data, idx, policy.spec.n_obs, list(policy.spec.obs_keys))
+    rows = measure_ratio_spread(policy, obs, tuple(args.floors), args.lr, args.seed)
+    print(f"{'sigma_min':>9}  {'last-step ratio min..max':>24}  {'first-step ratio min..max':>25}  chain ratio min..max")
+    for r in rows:
+        print(f"{r['sigma_min']:9.3g}  {r['step_ratio_min'][-1]:10.3f} .. {r['step_ratio_max'][-1]:10.3f}  "
+              f"{r['step_ratio_min'][0]:11.3f} .. {r['step_ratio_max'][0]:10.3f}  "
+              f"{r['chain_ratio_min']:.3g} .. {r['chain_ratio_max']:.3g}")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    _main()
