@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from robo.data.store import TornTail, ZarrDataset, _open_group, _read_layout, committed_episode_ends
+from robo.data.store import ZarrDataset, _open_group, _read_layout, committed_episode_ends
+from robo.data.torn_tail import TornTail
 
 
 @dataclass
