@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -40,7 +41,13 @@ class ConsistencyPolicyConfig:
     sigma_data: float = 0.5  # assumed std of normalised actions, sets c_skip / c_out / c_in
     rho: float = 7.0  # Karras schedule curvature
     num_scales: int = 40  # discretisation N of [sigma_min, sigma_max] for the consistency loss
-    target_ema: float = 0.95  # EMA decay of the ct target network (updated in after_optimizer_step)
+    target_ema: float = 0.95  # EMA decay of the ct target network; 0 = the online network itself (iCT)
+    # Improved consistency training (Song & Dhariwal 2023); the defaults reproduce the original recipe.
+    loss: str = "l2"  # "l2" or "pseudo_huber": sqrt(|d|^2 + c^2) - c per sample, c = 0.00054 sqrt(dims)
+    level_sampling: str = "uniform"  # which adjacent level pair to train: "uniform" or "lognormal" (mean -1.1, std 2)
+    weighted: bool = False  # weight each pair by 1 / (sigma_{n+1} - sigma_n) (iCT's lambda)
+    curriculum_steps: int = 0  # > 0: N doubles from num_scales_start up to num_scales over these optimiser steps
+    num_scales_start: int = 10  # first N of the curriculum
     # --- distilled mode: the teacher's diffusion schedule, copied so loading needs no teacher ---
     num_train_timesteps: int = 100  # teacher's DDPM steps
     beta_schedule: str = "squaredcos_cap_v2"  # teacher's beta schedule
@@ -65,8 +72,14 @@ class ConsistencyPolicy(PolicyBase):
         self.denoiser = make_denoiser(spec.action_dim, spec.horizon, self.encoder.feature_dim, config.denoiser)
         self._teacher: tuple[Any, ...] = ()  # a tuple keeps the teacher out of state_dict / parameters()
         if config.mode == "ct":
+            for name, value, allowed in (("loss", config.loss, ("l2", "pseudo_huber")),
+                                         ("level_sampling", config.level_sampling, ("uniform", "lognormal"))):
+                if value not in allowed:
+                    raise ValueError(f"unknown consistency {name} '{value}' (use one of {', '.join(allowed)})")
             self.target = copy.deepcopy(self.denoiser).requires_grad_(False)
             self.register_buffer("sigmas", karras_sigmas(config), persistent=False)
+            if config.curriculum_steps > 0:  # saved with the weights, so a resumed run continues the curriculum
+                self.register_buffer("ct_step", torch.zeros((), dtype=torch.long))
         else:
             from diffusers import DDIMScheduler  # lazy: importing diffusers costs seconds
 
@@ -137,14 +150,30 @@ class ConsistencyPolicy(PolicyBase):
         feats, conditioned = self.conditioned(batch["obs"])
         clean = self.normalize_action(batch["action"])
         b = clean.shape[0]
-        n = torch.randint(0, c.num_scales - 1, (b,), device=clean.device)
-        s_lo, s_hi = self.sigmas[n], self.sigmas[n + 1]
+        sigmas = self.sigmas
+        if c.curriculum_steps > 0:
+            sigmas = karras_sigmas(c, curriculum_scales(c, int(self.ct_step))).to(clean.device)
+        if c.level_sampling == "lognormal":
+            n = torch.multinomial(lognormal_pair_weights(sigmas), b, replacement=True)
+        else:
+            n = torch.randint(0, len(sigmas) - 1, (b,), device=clean.device)
+        s_lo, s_hi = sigmas[n], sigmas[n + 1]
         z = torch.randn_like(clean)
         pred = self.consistency_fn(clean + s_hi[:, None, None] * z, s_hi, conditioned)
-        with torch.no_grad():  # the target sees the same noise one level lower, through the EMA network
+        with torch.no_grad():  # the target sees the same noise one level lower, through the target network
             target = self.consistency_fn(clean + s_lo[:, None, None] * z, s_lo,
                                          self.target.condition(feats.detach()), net=self.target)
-        return F.mse_loss(pred, target)
+        if c.loss == "l2" and not c.weighted:
+            return F.mse_loss(pred, target)
+        diff = (pred - target).flatten(1)
+        if c.loss == "pseudo_huber":
+            huber_c = 0.00054 * diff.shape[1] ** 0.5
+            per_sample = (diff.square().sum(1) + huber_c ** 2).sqrt() - huber_c
+        else:
+            per_sample = diff.square().mean(1)
+        if c.weighted:
+            per_sample = per_sample / (s_hi - s_lo)
+        return per_sample.mean()
 
     def distillation_loss(self, obs: ObsBatch, noise: torch.Tensor | None = None) -> torch.Tensor:
         """|| f_student(x_K, c) - DDIM_teacher^K(x_K, c) ||^2 with shared x_K and shared (frozen) features c."""
@@ -163,6 +192,8 @@ class ConsistencyPolicy(PolicyBase):
 
     def after_optimizer_step(self) -> None:
         super().after_optimizer_step()
+        if self.config.mode == "ct" and self.config.curriculum_steps > 0:
+            self.ct_step += 1
         if self.config.mode == "ct":
             with torch.no_grad():
                 for tgt, src in zip(self.target.parameters(), self.denoiser.parameters()):
@@ -202,12 +233,27 @@ class ConsistencyPolicy(PolicyBase):
         return grid[idx.to(grid.device)]
 
 
-def karras_sigmas(c: ConsistencyPolicyConfig) -> torch.Tensor:
+def karras_sigmas(c: ConsistencyPolicyConfig, scales: int | None = None) -> torch.Tensor:
     """N noise levels from sigma_min to sigma_max (ascending), dense near sigma_min (Karras et al., rho = 7)."""
-    ramp = torch.linspace(0, 1, c.num_scales, dtype=torch.float64)
+    ramp = torch.linspace(0, 1, scales or c.num_scales, dtype=torch.float64)
     lo, hi = c.sigma_min ** (1 / c.rho), c.sigma_max ** (1 / c.rho)
     return ((lo + ramp * (hi - lo)) ** c.rho).float()
 
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=generator.device if generator else device).to(device)
+
+
+def curriculum_scales(c: ConsistencyPolicyConfig, step: int) -> int:
+    """iCT's discretisation curriculum: N = min(s0 * 2^floor(step / K'), s1) with K' = K / (log2(s1 / s0) + 1),
+    so N doubles in equal stages from ``num_scales_start`` and holds at ``num_scales`` for the last stage."""
+    s0, s1 = c.num_scales_start, c.num_scales
+    stage = max(1, int(c.curriculum_steps / (math.floor(math.log2(max(s1 // s0, 1))) + 1)))
+    return int(min(s0 * 2 ** (step // stage), s1))
+
+
+def lognormal_pair_weights(sigmas: torch.Tensor, mean: float = -1.1, std: float = 2.0) -> torch.Tensor:
+    """Probability of training each adjacent pair (sigma_n, sigma_n+1): the lognormal mass between them (iCT), so
+    the mid noise levels that decide the output get most of the updates and the extremes few."""
+    cdf = torch.special.erf((torch.log(sigmas.double()) - mean) / (std * math.sqrt(2.0)))
+    return (cdf[1:] - cdf[:-1]).clamp(min=1e-12).float()
