@@ -57,6 +57,8 @@ class DeployConfig:
     kinematics: str = "franka"  # DH model for joint limits / joint targets: franka, ur5e, none
     max_state_age_s: float = 0.1  # joint states, pose and low-dim topics older than this (receipt time) -> hold
     max_image_age_s: float = 0.2  # images older than this -> hold (cameras run slower than the arm)
+    header_stamp_age: bool = True  # age streams by the earlier of receipt time and header stamp (catches messages
+    #   delivered late from a DDS backlog); needs the senders' clocks synced (chrony/PTP). False: receipt time only
     trajectory_periods: float = 2.0  # output=joint_trajectory: time_from_start = this many control periods
     inference_steps: int = 0  # network calls per chunk for denoising policies; 0 = the policy's default
     n_action_steps: int = 0  # actions executed per chunk; 0 = the checkpoint's value

@@ -7,9 +7,10 @@ Design against what hurts deployed learned policies:
 * Jitter from work in the control path: subscription callbacks only store the latest stamped message (one dict
   write); one control-rate timer on one persistent single-threaded executor does everything else: staleness,
   conversion, the policy call, the safety filter, publishing.
-* Silent stale sensors: every stream is aged by its local receipt time (immune to clock offsets between machines)
-  against its own limit; out-of-order messages (older header stamp) are dropped and counted; a backwards jump
-  of more than a second is taken as a clock jump, reported and accepted.
+* Silent stale sensors: every stream is aged against its own limit by the earlier of its local receipt time and
+  its header stamp (``header_stamp_age``; a message delivered late from a backlog is as old as its stamp);
+  out-of-order messages (older header stamp) are dropped and counted; a backwards jump of more than a second is a
+  clock jump: counted, and the stream then reads as stale, so the node holds and says why.
 * Bad input: conversion refuses malformed / NaN / wrong-size messages with a reason; the runner holds and the
   reason goes to ``~/diagnostics``. Commands only come out of :class:`hardware.safety.SafetyFilter`.
 * No dry run: ``~/dry_run`` (std_srvs/SetBool) publishes proposed commands on ``~/proposed/*`` and nothing on the
@@ -205,15 +206,25 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         self._last_stamp[stream] = stamp
         return True
 
+    def _observed_at(self, stamp: float | None) -> float:
+        """When a message's content was observed, on the local monotonic clock: its receipt time, or its header
+        stamp if earlier (a message that sat in a DDS backlog is as old as its stamp, not its delivery)."""
+        now = time.monotonic()
+        if stamp is None or stamp <= 0 or not self.config.header_stamp_age:
+            return now
+        return min(now, stamp - (time.time() - now))
+
     def _store(self, stream: str, msg: Any, stamped: bool = True) -> None:
-        if stamped and not self._accept_stamp(stream, stamp_to_sec(msg.header.stamp)):
+        stamp = stamp_to_sec(msg.header.stamp) if stamped else None
+        if stamp is not None and not self._accept_stamp(stream, stamp):
             return
-        self._latest[stream] = (msg, time.monotonic())
+        self._latest[stream] = (msg, self._observed_at(stamp))
 
     def _on_joints(self, msg: Any) -> None:
-        if not self._accept_stamp("joint_states:" + ",".join(msg.name[:1]), stamp_to_sec(msg.header.stamp)):
+        stamp = stamp_to_sec(msg.header.stamp)
+        if not self._accept_stamp("joint_states:" + ",".join(msg.name[:1]), stamp):
             return
-        now = time.monotonic()
+        now = self._observed_at(stamp)
         if len(msg.position) != len(msg.name):
             self.counters["rejected:joint_states"] += 1
             return

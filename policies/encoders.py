@@ -136,6 +136,12 @@ class ObservationEncoder(nn.Module):
             encoders[cam] = CameraEncoder(channels, cfg)
         self.camera_encoders = nn.ModuleDict(encoders)
         self.feature_dim = lowdim_out + len(self.cameras) * spec.n_obs * cfg.rgb_features
+        # Frame-feature cache for deployment: a frame seen in the previous call (it is still in the observation
+        # history) is not re-encoded. Only used without augmentation and without autograd, so training never sees
+        # it; keyed by the weights' version counters, so loading or swapping weights invalidates it.
+        self.cache_frames = True
+        self._frame_cache: dict[str, tuple[tuple[int, ...], int, torch.Tensor, torch.Tensor]] = {}
+        self.frames_encoded = 0  # frames that went through a camera trunk (diagnostics and tests)
 
     def forward(self, obs: dict[str, torch.Tensor], augment: bool | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -154,9 +160,45 @@ class ObservationEncoder(nn.Module):
             x = torch.cat(frames, dim=-1)  # (B, n_obs, H, W, C)
             b, t = x.shape[:2]
             x = random_or_center_crop(x.reshape(b * t, *x.shape[2:]), self.cfg.crop_ratio, augment, generator)
-            f = self.camera_encoders[cam](x.permute(0, 3, 1, 2).contiguous())
+            if self.cache_frames and not augment and not torch.is_grad_enabled():
+                f = self._encode_cached(cam, x, b, t)
+            else:
+                self._frame_cache.pop(cam, None)
+                f = self.camera_encoders[cam](x.permute(0, 3, 1, 2).contiguous())
+                self.frames_encoded += x.shape[0]
             feats.append(f.reshape(b, t * f.shape[-1]))
         return torch.cat(feats, dim=-1)
+
+    def _encode_cached(self, cam: str, x: torch.Tensor, b: int, t: int) -> torch.Tensor:
+        """Features of (b*t, H, W, C) frames, reusing those of frames identical to one of the same batch row in the
+        previous call (with a history of n_obs frames, all but the newest were seen before)."""
+        encoder = self.camera_encoders[cam]
+        version = tuple(p._version for p in encoder.parameters())
+        cached = self._frame_cache.get(cam)
+        out = torch.empty(0)
+        hits: dict[int, torch.Tensor] = {}
+        if cached is not None and cached[0] == version and cached[1] == b:
+            old_frames, old_feats = cached[2].reshape(b, -1, *x.shape[1:]), cached[3].reshape(b, -1, cached[3].shape[-1])
+            new_frames = x.reshape(b, t, *x.shape[1:])
+            for row in range(b):
+                for step in range(t):
+                    for k in range(old_frames.shape[1]):
+                        if torch.equal(new_frames[row, step], old_frames[row, k]):
+                            hits[row * t + step] = old_feats[row, k]
+                            break
+        misses = [i for i in range(b * t) if i not in hits]
+        if misses:
+            computed = encoder(x[misses].permute(0, 3, 1, 2).contiguous())
+            self.frames_encoded += len(misses)
+            out = torch.empty(b * t, computed.shape[-1], dtype=computed.dtype, device=computed.device)
+            out[misses] = computed
+        else:
+            first = next(iter(hits.values()))
+            out = torch.empty(b * t, first.shape[-1], dtype=first.dtype, device=first.device)
+        for i, feat in hits.items():
+            out[i] = feat
+        self._frame_cache[cam] = (version, b, x.clone(), out.clone())
+        return out
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -414,7 +414,7 @@ def fuzz(nut: NodeUnderTest, messages: int, seed: int = 0) -> dict[str, Any]:
     time.sleep(0.5)
     commands = list(probe.commands)
     problems = unsafe_commands(commands, probe.sent, nut.limits)
-    slack = max_age + 3.0 / nut.rate + 0.05
+    slack = max_age + 2.0 / nut.rate + 0.03  # the age limit, one tick, and the command's own delivery
     for recv, _ in commands:
         for start, end in stale_windows:
             if start + slack < recv < end:
