@@ -148,11 +148,12 @@ def gated_improvement(policy: Any, data: OfflineData, critic: IQLCritic, estimat
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     adv = advantage_fn(critic, policy, data.state_keys)
+    keys = list(dict.fromkeys([*policy.spec.obs_keys, *data.state_keys]))
     history: list[dict[str, Any]] = [{"round": 0, "ope": j0.value, "spread": j0.spread, "accepted": True}]
     bar = tqdm(range(1, config.rounds + 1), desc=label, disable=not config.progress)
     for r in bar:
         idx = rng.choice(data.chunks.index, size=config.batch_size, replace=True)
-        obs = obs_windows(data, idx, policy.spec.n_obs, list(policy.spec.obs_keys))
+        obs = obs_windows(data, idx, policy.spec.n_obs, keys)  # the policy ignores the critic-only keys
         stats = ppo.round(obs, adv, (r - 1) / max(config.rounds - 1, 1), gen)
         last = stats["last"]
         for k, v in enumerate(last["ratio_max"]):
@@ -266,24 +267,38 @@ def plot_run(history: list[dict[str, Any]], true: dict[str, float], rounds: int,
 
 def pipeline_stage(config: Any, run: Any) -> dict[str, Any]:
     """``robo pipeline``'s improve stage: the expert demonstrations all succeed (a degenerate critic), so record
-    ``config.improve_failure_demos`` deliberately noisy scripted episodes beside them, merge, and run a small gated
-    improvement of the trained teacher on the merged data; evaluate the accepted policy."""
+    deliberately noisy scripted episodes beside them until some fail, merge, and run a gated improvement of the
+    trained teacher on the merged data; evaluate before and after. Budgets scale with the pipeline's
+    (train_steps / 3000), so a smoke-sized pipeline runs a smoke-sized stage."""
     from robo.collect import CollectConfig, collect
+    from robo.data.store import ZarrDataset
     from robo.data.tools import merge
 
+    scale = min(1.0, config.train_steps / 3000)
     noisy = run.out / f"{config.task.lower()}_noisy.zarr"
-    if not noisy.exists():  # a re-run after an interruption keeps what it recorded (collect appends otherwise)
-        collect(CollectConfig(output=noisy, task=config.task, episodes=config.improve_failure_demos,
-                              seed=config.seed + 20_000, action_noise_std=0.6, waypoint_jitter_m=0.04,
+    want = max(2, int(round(config.improve_failure_demos * scale)))
+    for attempt in range(4):  # top up (collect appends) until the noisy episodes include a failure
+        have, failures = 0, 0
+        if noisy.exists():
+            with ZarrDataset.open(noisy) as ds:
+                have, failures = ds.n_episodes, sum(not e.success for e in ds.episodes)
+        if have >= want and failures:
+            break
+        collect(CollectConfig(output=noisy, task=config.task, episodes=max(want - have, 2),
+                              seed=config.seed + 20_000 + have, action_noise_std=0.6, waypoint_jitter_m=0.04,
                               hesitation_prob=0.5, progress=config.progress))
     merged = run.out / "improve_data.zarr"
     if not merged.exists():
         merge([run.dataset, noisy], merged)
     out = run.out / "improve"
-    summary = run_improve(ImproveConfig(checkpoint=run.out / "diffusion" / "best", dataset=merged, output_dir=out,
-                                        overwrite=True, rounds=config.improve_rounds, critic_steps=2000,
-                                        dynamics_steps=1500, eval_episodes=config.eval_episodes, seed=config.seed,
-                                        progress=config.progress))
+    summary = run_improve(ImproveConfig(
+        checkpoint=run.out / "diffusion" / "best", dataset=merged, output_dir=out, overwrite=True,
+        rounds=max(1, int(round(config.improve_rounds * scale))) if config.improve_rounds else 0,
+        batch_size=max(16, int(256 * scale)),
+        minibatch_size=max(8, int(64 * scale)), critic_steps=max(20, int(2000 * scale)),
+        dynamics_steps=max(20, int(1500 * scale)), amq_starts=max(8, int(128 * scale)),
+        amq_horizon=max(2, int(10 * scale)), eval_episodes=config.eval_episodes, seed=config.seed,
+        progress=config.progress))
     t = summary["true_success"]
     print(f"      OPE {summary['ope_start']:.3f} -> {summary['ope_accepted']:.3f} ({summary['accepted']} accepted, "
           f"{summary['rejected']} rejected); true success {t.get('before', float('nan')):.2f} -> "
