@@ -49,3 +49,19 @@ def test_policy_with_another_chunk_is_refused(toy):
     p.spec = replace(p.spec, n_action_steps=2)
     with pytest.raises(ValueError, match="actions per chunk"):
         amq.estimate(p)
+
+
+def test_bench_metrics():
+    import numpy as np
+
+    from robo.bench.ope import gate_accuracy, regret_at_1, spearman
+
+    truth = np.array([0.1, 0.5, 0.9, 0.3])
+    assert spearman(truth * 2 + 1, truth) == pytest.approx(1.0)
+    assert spearman(-truth, truth) == pytest.approx(-1.0)
+    assert spearman(np.array([1.0, 1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(0.9486833)
+    assert regret_at_1(np.array([0.0, 1.0, 0.5, 0.2]), truth) == pytest.approx(0.4)  # ranks the 0.5 policy first
+    acc, pairs = gate_accuracy(truth.copy(), truth, delta=0.0, margin=0.05)
+    assert acc == 1.0 and pairs == 12
+    acc, _ = gate_accuracy(-truth, truth, delta=0.0, margin=0.05)
+    assert acc == 0.0
