@@ -21,6 +21,7 @@ Design against what hurts deployed learned policies:
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections import Counter, deque
@@ -32,7 +33,7 @@ import numpy as np
 from hardware.deploy_config import DeployConfig, DeployConfigError, flatten, from_flat, split_mapping
 from hardware.kinematics import chain_by_name
 from hardware.ros_convert import (MessageError, fill_joint_trajectory, fill_pose, fill_twist, float_array,
-                                  gripper_width, image_to_numpy, joint_positions, pose_to_arrays, resize_nearest,
+                                  gripper_width, image_to_numpy, pose_to_arrays, resize_nearest, sec_to_stamp,
                                   stamp_to_sec)
 from hardware.runner import Act, Hold, PolicyRunner, RunnerConfig
 from hardware.safety import MeasuredState, SafeCommand, Watchdog
@@ -143,6 +144,10 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         self._hold_sent = False
         self._last_gripper: float | None = None
         self._frame = cfg.base_frame
+        self._decided_at = time.time()
+        from builtin_interfaces.msg import Time
+
+        self._stamp_cls = Time
 
         sensor = qos_profile_sensor_data  # best effort matches both best-effort and reliable publishers
         self.create_subscription(JointState, cfg.joint_states_topic, self._on_joints, sensor)
@@ -294,6 +299,7 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
 
     def _tick(self) -> None:
         start = time.monotonic()
+        self._decided_at = time.time()  # commands carry the time they were decided, not when publishing ended
         period = self.config.period_s
         if self._last_tick is not None:
             self.counters["missed_deadlines"] += max(0, int(round((start - self._last_tick) / period)) - 1)
@@ -321,7 +327,7 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
             self.counters["overruns"] += 1
 
     def _on_hold(self, reason: str, now: float) -> None:
-        self.holds[reason.split(" (")[0][:80]] += 1
+        self.holds[re.sub(r"-?\d+(\.\d+)?", "#", reason.split(" (")[0])[:80]] += 1  # counts by kind, not by value
         if reason != self.last_hold:
             self.get_logger().warning(f"holding: {reason}")
         self.last_hold = reason
@@ -336,7 +342,7 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         PoseStamped, TwistStamped, JointTrajectory, JointTrajectoryPoint, Float64, _ = self._msgs
         cfg = self.config
         dry = bool(cfg.dry_run)
-        stamp = self.get_clock().now().to_msg()
+        stamp = sec_to_stamp(self._decided_at, self._stamp_cls())
         if cfg.output == "pose":
             msg = fill_pose(PoseStamped(), cmd.target_pos, cmd.target_quat)
             msg.header.stamp, msg.header.frame_id = stamp, self._frame

@@ -165,3 +165,44 @@ def test_node_drives_the_sim_mock_over_dds_within_limits(tmp_path):
             deploy.send_signal(subprocess.signal.SIGINT)
         out, _ = deploy.communicate(timeout=30)
     assert "starting" in out and "Traceback" not in out, out[-2000:]
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_trained_policy_over_dds_agrees_with_robo_eval(tmp_path):
+    """A policy trained for a few hundred steps runs the same seeded Lift episodes through the node and the sim mock
+    (separate processes, DDS) as through `robo eval`: same filter, same runner, so the success counts agree within
+    what timing jitter can change (the DDS loop runs on wall-clock time)."""
+    import yaml
+
+    from robo.bench.node import Probe
+    from robo.collect import CollectConfig, collect
+    from robo.evaluate import EvalConfig, evaluate_checkpoint
+    from robo.train import build_config, train
+
+    collect(CollectConfig(output=tmp_path / "demos.zarr", task="Lift", episodes=4, progress=False))
+    config = build_config("lowdim_consistency", {"dataset": tmp_path / "demos.zarr", "output_dir": tmp_path / "run",
+                                                 "steps": 300, "eval_episodes": 0, "progress": False})
+    train(config)
+    ckpt = tmp_path / "run" / "best"
+    episodes, horizon = 4, 80
+    evaluated = evaluate_checkpoint(EvalConfig(checkpoint=ckpt, episodes=episodes, num_envs=1, horizon=horizon,
+                                               video_episodes=0, output_dir=tmp_path / "eval", progress=False))
+    mock = yaml.safe_load((REPO / "launch" / "params" / "sim_mock.yaml").read_text())
+    mock["/**"]["ros__parameters"].update(horizon=horizon, seed=9_999)  # episode 1 on = seeds 10000.. like eval
+    (tmp_path / "mock.yaml").write_text(yaml.safe_dump(mock))
+    probe = Probe()
+    deploy = subprocess.Popen([sys.executable, "-m", "robo.cli", "deploy", "--checkpoint", str(ckpt),
+                               "--arg", f"mock_params:={tmp_path / 'mock.yaml'}", "--seconds", "400"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # The first episode starts before the node is up; count the episodes after it.
+        assert wait_for(lambda: len(probe.episodes) >= episodes + 1 or deploy.poll() is not None, 380)
+        assert deploy.poll() is None, deploy.stdout.read()
+    finally:
+        probe.close()
+        deploy.send_signal(subprocess.signal.SIGINT)
+        deploy.communicate(timeout=30)
+    over_dds = probe.episodes[1:episodes + 1]
+    assert all(e["steps"] <= horizon for e in over_dds)
+    assert abs(sum(e["success"] for e in over_dds) - sum(evaluated["successes"])) <= 1, (over_dds, evaluated)

@@ -353,7 +353,9 @@ def fuzz(nut: NodeUnderTest, messages: int, seed: int = 0) -> dict[str, Any]:
     probe.commands.clear()
     sent, kinds = 0, defaultdict(int)
     stale_windows: list[tuple[float, float]] = []
-    max_age = 0.1  # the deploy file's max_state_age_s
+    from hardware.deploy_config import load_deploy_config
+
+    max_age = load_deploy_config(SIM_PARAMS).max_state_age_s  # the node's own limit for state streams
     JointState, PoseStamped, Arr = probe.msgs["JointState"], probe.msgs["PoseStamped"], probe.msgs["Float32MultiArray"]
     while sent < messages:
         kind = int(rng.integers(0, 12))
@@ -399,9 +401,9 @@ def fuzz(nut: NodeUnderTest, messages: int, seed: int = 0) -> dict[str, Any]:
             probe.object_pub.publish(Arr(data=data))
             kinds["bad_object_state"] += 1
         elif kind == 10 and rng.random() < 0.002:  # a stale gap: nothing for 3x the age limit
-            start = time.monotonic()
+            start = time.time()  # wall clock: compared with the commands' decision stamps
             time.sleep(3 * max_age)
-            stale_windows.append((start, time.monotonic()))
+            stale_windows.append((start, time.time()))
             kinds["stale_gaps"] += 1
             continue
         else:  # out-of-range joint values (beyond the joint limits)
@@ -414,13 +416,24 @@ def fuzz(nut: NodeUnderTest, messages: int, seed: int = 0) -> dict[str, Any]:
     time.sleep(0.5)
     commands = list(probe.commands)
     problems = unsafe_commands(commands, probe.sent, nut.limits)
-    slack = max_age + 2.0 / nut.rate + 0.03  # the age limit, one tick, and the command's own delivery
-    for recv, _ in commands:
+    # A command's stamp is when the node decided it; by then its inputs may be at most max_age old.
+    from hardware.ros_convert import stamp_to_sec
+
+    for _, cmd in commands:
+        source = probe.sent.get(cmd.header.frame_id)
+        if source is not None and np.allclose(_position(cmd), source[1], atol=1e-9):
+            continue  # the watchdog's hold: stay at the last valid measured pose (what it is for)
+        decided = stamp_to_sec(cmd.header.stamp)
         for start, end in stale_windows:
-            if start + slack < recv < end:
-                problems.append(f"command {recv - start:.3f} s into a stale gap")
+            if start + max_age + 0.002 < decided < end:
+                problems.append(f"command decided {decided - start:.3f} s into a stale gap")
     return {"messages": sent, "commands": len(commands), "unsafe": len(problems), "problems": problems[:5],
             "kinds": dict(kinds), "diag": nut.diag()}
+
+
+def _position(msg: Any) -> np.ndarray:
+    p = msg.pose.position
+    return np.array([p.x, p.y, p.z])
 
 
 def soak(nut: NodeUnderTest, minutes: float) -> dict[str, Any]:
