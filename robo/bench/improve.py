@@ -58,7 +58,7 @@ def run_improve_bench(config: ImproveBenchConfig) -> dict[str, Any]:
                          amq_horizon=config.amq_horizon, amq_starts=config.amq_starts, eval_episodes=config.episodes,
                          seed=config.seed, progress=config.progress, overwrite=True)
     gated = run_improve(dataclasses.replace(base, output_dir=out / "gated"))
-    ungated = run_improve(dataclasses.replace(base, output_dir=out / "ungated", gated=False,
+    ungated = run_improve(dataclasses.replace(base, output_dir=out / "ungated", gated=False, eval_before=False,
                                               critic=out / "gated" / "critic"))
     figures: dict[str, Any] = {"task": gated["task"], "episodes": config.episodes,
                                "success_bc": gated["true_success"]["before"],
