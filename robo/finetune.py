@@ -198,7 +198,8 @@ def train_online(config: FinetuneConfig, venv: Any = None,
         evaluator = sim_evaluator(task, config.num_envs, out / "eval")
     shipped = (lambda: actor.shipped()) if noise else (lambda: policy)  # noqa: E731
     writer = SummaryWriter(str(out / "tb"))
-    extra.update(stage=f"online_ppo_{config.method}", init_checkpoint=str(source))
+    method = type(actor).__name__.removesuffix("Actor").lower()  # chain | gaussian | noise, after "auto"
+    extra.update(stage=f"online_ppo_{method}", init_checkpoint=str(source))
 
     def save(directory: Path, figures: dict[str, Any], trainer: bool) -> None:
         if noise:
@@ -211,7 +212,7 @@ def train_online(config: FinetuneConfig, venv: Any = None,
                                       "state": state}, d / TRAINER_STATE)) if trainer else None
         save_checkpoint(directory, policy, {**extra, **figures, "env_steps": state["env_steps"]}, also=also)
 
-    summary: dict[str, Any] = {"task": task, "method": config.method, "policy_kind": policy.kind}
+    summary: dict[str, Any] = {"task": task, "method": method, "policy_kind": policy.kind}
     try:
         raw_sps = measure_raw_steps_per_s(venv, 50)
         rollout_state = RolloutState(venv, list(spec.obs_keys), spec.n_obs, _seed_of(config.seed, state["iteration"]))
@@ -280,7 +281,7 @@ def train_online(config: FinetuneConfig, venv: Any = None,
         writer.close()
         if own_venv:
             venv.close()
-    plot_success_curve({config.method: state["history"]}, out / "success_curve.png")
+    plot_success_curve({method: state["history"]}, out / "success_curve.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -16,7 +16,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from policies.checkpoint import load_checkpoint, save_checkpoint
 from policies.consistency import ConsistencyPolicy
 from robo.finetune import FinetuneConfig, build_actor, gate_decision, train_online
-from robo.rl.noise_ppo import NoiseActor
+from robo.rl.noise_ppo import NoiseActor, load_noise_policy
 from robo.rl.online import (ChainActor, GaussianActor, RolloutState, ValueNet, advantages_of, collect_rollout,
                             executed_mask, ppo_update)
 from robo.rl.ppo import PPOConfig
@@ -224,7 +224,10 @@ def test_noise_trainer_runs(tmp_path):
                          chunks_per_iter=4, epochs=1, minibatch_size=4, eval_episodes=0, progress=False)
     summary = train_online(cfg, venv=toy_venv(2))
     assert summary["env_steps"] == 32
-    assert (tmp_path / "ft" / "ppo" / "best" / "noise_policy.safetensors").exists()
+    saved = load_noise_policy(tmp_path / "ft" / "ppo" / "best")  # what robo bench finetune evaluates
+    steered = saved.shipped()
+    obs = make_batch("lowdim", n=2)["obs"]
+    assert steered.predict(obs).shape == (2, student.spec.horizon, ACT) and steered.spec == student.spec
 
 
 def test_wrong_method_for_the_checkpoint_is_one_line():
