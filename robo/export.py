@@ -21,8 +21,8 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-# Limits the safety filter needs when no robot file is given: robosuite's OSC_POSE scaling (what the policy was
-# trained against: 5 cm and 0.5 rad per step at action 1) and a conservative workspace box around a Panda's table.
+# Used only when hardware.safety (the robot side's SafetyLimits) cannot be imported: robosuite's OSC_POSE scaling
+# (what the policy was trained against: 5 cm and 0.5 rad per step at action 1) and a workspace box.
 DEFAULT_SAFETY_LIMITS: dict[str, Any] = {
     "max_delta_pos_m": 0.05,  # per control step
     "max_delta_rot_rad": 0.5,  # per control step
@@ -41,7 +41,7 @@ class ExportError(ValueError):
 class ExportConfig:
     checkpoint: Path = Path("data/runs/lift_onestep/best")  # checkpoint directory to ship (the gated student)
     output: Path = Path("data/artifacts/lift")  # artifact directory to write (replaced atomically)
-    safety_limits: Path | None = None  # YAML/JSON file of the robot's safety-filter limits; None = built-in OSC defaults
+    safety_limits: Path | None = None  # YAML/JSON of SafetyLimits fields (hardware/safety.py) overriding its defaults
     control_rate_hz: float = 0.0  # policy rate on the robot; 0 = the dataset's recording rate (fps)
     gate_report: Path | None = None  # JSON from robo finetune with the student gate's verdict; a failed gate refuses
     stage_results: Path | None = None  # optional JSON list of extra provenance stages ({name, checkpoint, success_rate})
@@ -57,28 +57,30 @@ def _read_structured(path: Path) -> Any:
         raise ExportError(f"{path} is not valid YAML/JSON ({str(err).splitlines()[0]})") from None
 
 
-def resolve_safety_limits(path: Path | None) -> dict[str, Any]:
-    """The limits dict: from ``path`` (validated by hardware.safety's dataclass when that module defines one), or
-    the built-in defaults."""
-    if path is None:
-        limits = dict(DEFAULT_SAFETY_LIMITS)
-    else:
-        limits = _read_structured(Path(path))
-        if isinstance(limits, dict) and isinstance(limits.get("safety"), dict):
-            limits = limits["safety"]  # a robot YAML with a safety: section
-        if not isinstance(limits, dict) or not limits:
+def resolve_safety_limits(path: Path | None, control_rate_hz: float = 0.0) -> dict[str, Any]:
+    """The limits dict. With hardware.safety's limits dataclass (the robot side's own definition): its defaults
+    updated by ``path``, validated by constructing it, and ``control_dt`` set from the control rate. Without it:
+    ``path`` as given, or the built-in defaults."""
+    given: dict[str, Any] = {}
+    if path is not None:
+        given = _read_structured(Path(path))
+        if isinstance(given, dict) and isinstance(given.get("safety"), dict):
+            given = given["safety"]  # a robot YAML with a safety: section
+        if not isinstance(given, dict) or not given:
             raise ExportError(f"{path} must hold a mapping of safety limits (or a 'safety:' section)")
     cls = _safety_dataclass()
-    if cls is not None and path is not None:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(limits) - names)
-        if unknown:
-            raise ExportError(f"{path}: unknown safety limits {unknown}; {cls.__name__} has {sorted(names)}")
-        try:
-            limits = json.loads(json.dumps(dataclasses.asdict(cls(**limits)), default=list))
-        except (TypeError, ValueError) as err:
-            raise ExportError(f"{path}: invalid safety limits ({err})") from None
-    return limits
+    if cls is None:
+        return given or dict(DEFAULT_SAFETY_LIMITS)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise ExportError(f"{path}: unknown safety limits {unknown}; {cls.__name__} has {sorted(names)}")
+    if control_rate_hz > 0 and "control_dt" in names and "control_dt" not in given:
+        given = {**given, "control_dt": 1.0 / control_rate_hz}
+    try:
+        return json.loads(json.dumps(dataclasses.asdict(cls(**given)), default=list))
+    except (TypeError, ValueError) as err:
+        raise ExportError(f"{path or 'safety limits'}: invalid ({err})") from None
 
 
 def _safety_dataclass() -> type | None:
@@ -143,7 +145,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
                   "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     policy = load_checkpoint(ckpt, use_ema=True)
     manifest = save_artifact(config.output, policy, control_rate_hz=rate,
-                             safety_limits=resolve_safety_limits(config.safety_limits), provenance=provenance,
+                             safety_limits=resolve_safety_limits(config.safety_limits, rate), provenance=provenance,
                              action_meaning="OSC_POSE deltas: dx dy dz (x0.05 m) droll dpitch dyaw (x0.5 rad), "
                                             "gripper (-1 open, +1 close)",
                              inference_steps=config.inference_steps)

@@ -134,6 +134,10 @@ def test_export_records_the_whole_chain(tmp_path, chain):
     assert [s["checkpoint"] for s in stages] == [str(st), str(bc)]
     assert [s["success_rate"] for s in stages] == [0.38, 0.4]
     assert manifest["control_rate_hz"] == 20.0 and manifest["policy"]["kind"] == "consistency"
+    from hardware.safety import SafetyLimits
+
+    limits = SafetyLimits(**manifest["safety_limits"])  # the robot side's own dataclass takes them back
+    assert limits.control_dt == pytest.approx(1 / 20) and limits.output_max_pos == 0.05
     policy, _ = load_artifact(tmp_path / "art")
     assert policy.kind == "consistency"
 
@@ -148,6 +152,21 @@ def test_export_refuses_a_failed_gate(tmp_path, chain):
     report.write_text(json.dumps({"student_gate": {"passed": True, "reason": "within 2 points"}}))
     manifest = export(ExportConfig(checkpoint=st, output=tmp_path / "art", gate_report=report))
     assert manifest["provenance"]["student_gate"]["passed"]
+
+
+def test_export_safety_limits_file(tmp_path, chain):
+    _, st = chain
+    good = tmp_path / "limits.yaml"
+    good.write_text("safety:\n  max_step_pos: 0.02\n  workspace_low: [0.2, -0.5, 0.05]\n")
+    manifest = export(ExportConfig(checkpoint=st, output=tmp_path / "art", safety_limits=good))
+    assert manifest["safety_limits"]["max_step_pos"] == 0.02 and manifest["safety_limits"]["workspace_low"][0] == 0.2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_step_poss: 0.02\n")
+    with pytest.raises(ExportError, match="unknown safety limits"):
+        export(ExportConfig(checkpoint=st, output=tmp_path / "art2", safety_limits=bad))
+    bad.write_text("workspace_low: [1, 1, 1]\nworkspace_high: [0, 0, 0]\n")
+    with pytest.raises(ExportError, match="must be below"):
+        export(ExportConfig(checkpoint=st, output=tmp_path / "art2", safety_limits=bad))
 
 
 def test_cli_export_one_line_error(tmp_path):
