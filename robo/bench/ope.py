@@ -31,6 +31,7 @@ class OPEBenchConfig:
     num_envs: int = 2  # parallel sim envs for the true success
     delta: float = 0.05  # the gate's relative margin for the pair accuracy
     pair_margin: float = 0.05  # pairs whose true success differs by at most this are ties: not scored
+    critic: Path | None = None  # a saved critic fitted on this dataset (e.g. robo improve's critic/); None = fit one
     critic_steps: int = 5000  # IQL optimiser steps
     dynamics_steps: int = 3000  # dynamics ensemble optimiser steps
     fqe_steps: int = 2000  # FQE optimiser steps per policy
@@ -101,6 +102,7 @@ def gate_accuracy(estimate: np.ndarray, truth: np.ndarray, delta: float, margin:
 def run_ope_bench(config: OPEBenchConfig) -> dict[str, Any]:
     from policies.checkpoint import load_checkpoint, read_config
     from robo.evaluate import EvalConfig, evaluate_policy
+    from robo.rl.critic import IQLCritic
     from robo.rl.improve import ImproveConfig, fit_critic, make_estimator
     from robo.rl.transitions import TransitionConfig, load_offline_data
 
@@ -125,7 +127,8 @@ def run_ope_bench(config: OPEBenchConfig) -> dict[str, Any]:
         def add_scalar(self, *args: Any) -> None:
             pass
 
-    critic = fit_critic(data, icfg, out, _NoWriter())
+    critic = (IQLCritic.load(config.critic, data.fingerprint) if config.critic is not None
+              else fit_critic(data, icfg, out, _NoWriter()))
     amq = make_estimator("amq", data, critic, icfg, chunk)
     fqe = make_estimator("fqe", data, critic, icfg, chunk)
     rows = []
