@@ -52,6 +52,7 @@ class NodeBenchConfig:
     minutes: float = 0.0  # soak: run node + probe this long at 100 Hz instead (0 = no soak)
     cameras: bool = True  # also time the 20 Hz configuration with two 84x84 cameras
     startup_timeout_s: float = 120.0  # how long to wait for the node's first command
+    frame_cache: bool = True  # also time a two-camera policy with and without the encoder's frame-feature cache
 
 
 def fresh_checkpoint(path: Path, obs_spec: dict[str, Any], n_action_steps: int = 8) -> Path:
@@ -436,6 +437,44 @@ def _position(msg: Any) -> np.ndarray:
     return np.array([p.x, p.y, p.z])
 
 
+def measure_frame_cache(calls: int = 40) -> dict[str, float]:
+    """Per-chunk time of a one-step policy with the default encoder and two 84x84 cameras (n_obs 2, a new frame
+    every call, one torch thread), with the frame-feature cache off (baseline) and on."""
+    import torch
+
+    from policies import Normalizer, PolicySpec, make_policy
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    spec_obs = {**LOWDIM, **CAMERAS}
+    rng = np.random.default_rng(0)
+    data = {k: (rng.integers(0, 255, (4, *s), dtype=np.uint8) if d == "uint8" else rng.normal(size=(16, *s)).astype(d))
+            for k, (s, d) in spec_obs.items()}
+    data["action"] = rng.uniform(-1, 1, (16, 7)).astype(np.float32)
+    policy = make_policy("consistency", PolicySpec(spec_obs, 7, n_obs=2), Normalizer.fit(data), None).eval()
+    frames = [{k: rng.integers(0, 255, s, dtype=np.uint8) if d == "uint8" else rng.normal(size=s).astype(d)
+               for k, (s, d) in spec_obs.items()} for _ in range(calls + 1)]
+
+    def run(cache: bool) -> np.ndarray:
+        policy.encoder.cache_frames = cache
+        times = []
+        for i in range(calls):
+            obs = {k: np.stack([frames[i][k], frames[i + 1][k]])[None] for k in spec_obs}
+            start = time.perf_counter()
+            with torch.no_grad():
+                policy.predict(obs)
+            times.append(time.perf_counter() - start)
+        return np.percentile(np.array(times[5:]) * 1e3, [50, 99])
+
+    try:
+        run(False)  # warm-up
+        off, on = run(False), run(True)
+    finally:
+        torch.set_num_threads(threads)
+    return {"uncached_p50_ms": float(off[0]), "uncached_p99_ms": float(off[1]), "cached_p50_ms": float(on[0]),
+            "cached_p99_ms": float(on[1]), "speedup": float(off[0] / on[0])}
+
+
 def soak(nut: NodeUnderTest, minutes: float) -> dict[str, Any]:
     """Node + probe at the node's rate for ``minutes``: deadline drift (missed per window) and resident memory."""
     t0 = time.monotonic()
@@ -485,6 +524,8 @@ def run_node_bench(config: NodeBenchConfig) -> dict[str, Any]:
         runs = [("lowdim_50hz", 50.0, LOWDIM, ()), ("lowdim_100hz", 100.0, LOWDIM, ())]
         if config.cameras:
             runs.append(("cameras_20hz", 20.0, {**LOWDIM, **CAMERAS}, tuple(CAMERAS)))
+        if config.seconds <= 0:  # only the in-process measurements
+            runs = []
         results, fuzz_result = {}, None
         for name, rate, spec, images in runs:
             nut = NodeUnderTest(work, name, rate, spec, images)
@@ -505,14 +546,24 @@ def run_node_bench(config: NodeBenchConfig) -> dict[str, Any]:
             rows.append(("fuzz messages", str(fuzz_result["messages"]), ", ".join(f"{k} {v}" for k, v in sorted(fuzz_result["kinds"].items()))))
             rows.append(("commands during fuzz", str(fuzz_result["commands"]), f"holds {fuzz_result['diag'].get('hold_ticks', 0)}"))
             rows.append(("unsafe commands", str(fuzz_result["unsafe"]), "; ".join(fuzz_result["problems"][:2]) or "none"))
+        cache = measure_frame_cache() if config.frame_cache else None
+        if cache is not None:
+            rows.append(("2-camera chunk, frame cache on", f"{cache['cached_p50_ms']:.1f} / {cache['cached_p99_ms']:.1f} ms",
+                         f"off (baseline) {cache['uncached_p50_ms']:.1f} / {cache['uncached_p99_ms']:.1f} ms: "
+                         f"{cache['speedup']:.2f}x"))
         print_table("robo bench node (policy node and probe in separate processes, DDS on loopback)", rows)
-        main_run = results.get("lowdim_100hz", next(iter(results.values())))
+        nan = {"p50_ms": float("nan"), "p99_ms": float("nan"), "cpu_percent": float("nan")}
+        main_run = results.get("lowdim_100hz", next(iter(results.values()), nan))
         unsafe = sum(r["unsafe"] for r in results.values()) + (fuzz_result["unsafe"] if fuzz_result else 0)
-        figures = {"p50_ms": round(main_run["p50_ms"], 3), "p99_ms": round(main_run["p99_ms"], 3),
+        def num(value: float) -> float | None:  # JSON has no NaN: a figure not measured in this run is null
+            return None if value != value else round(value, 3)
+
+        figures = {"p50_ms": num(main_run["p50_ms"]), "p99_ms": num(main_run["p99_ms"]),
                    "missed": int(sum(r["missed"] for r in results.values())), "unsafe_published": int(unsafe),
                    "fuzz_messages": int(fuzz_result["messages"]) if fuzz_result else 0,
-                   "cpu_percent": round(main_run["cpu_percent"], 1),
+                   "cpu_percent": num(main_run["cpu_percent"]),
                    **{f"{n}_{k}": round(v, 3) for n, r in results.items() for k, v in r.items()
-                      if k in ("p50_ms", "p99_ms", "missed", "cpu_percent", "tick_p99_ms")}}
+                      if k in ("p50_ms", "p99_ms", "missed", "cpu_percent", "tick_p99_ms")},
+                   **({f"frame_cache_{k}": round(v, 3) for k, v in cache.items()} if cache else {})}
         print_json_line(figures)
     return figures
