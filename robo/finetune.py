@@ -223,7 +223,7 @@ def train_online(config: FinetuneConfig, venv: Any = None,
             state["history"]["eval_success"].append(before["success_rate"])
         bar = tqdm(total=config.env_steps, initial=state["env_steps"], desc=f"ppo {config.method}", unit="step",
                    disable=not config.progress)
-        train_time, train_steps = 0.0, 0
+        train_time, train_steps, rollout_time = 0.0, 0, 0.0
         while state["env_steps"] < config.env_steps:
             it = state["iteration"]
             warmup = it < config.value_warmup_iters and not (resuming or config.value_init is not None)
@@ -231,6 +231,7 @@ def train_online(config: FinetuneConfig, venv: Any = None,
             started = time.perf_counter()
             policy.eval()
             rollout = collect_rollout(rollout_state, actor, config.chunks_per_iter, config.gamma, n_exec, generator)
+            rollout_time += time.perf_counter() - started
             adv, ret, v_old = advantages_of(rollout, value, config.gamma, n_exec, 1.0 if warmup else config.gae_lambda)
             policy.train()
             progress = state["env_steps"] / config.env_steps
@@ -274,6 +275,9 @@ def train_online(config: FinetuneConfig, venv: Any = None,
                   str(out / "value.safetensors"))
         summary.update(env_steps=state["env_steps"], iterations=state["iteration"], raw_steps_per_s=raw_sps,
                        ppo_steps_per_s=train_steps / max(train_time, 1e-9) if train_steps else None,
+                       # where the time goes: sampling + env stepping vs the PPO update
+                       rollout_steps_per_s=train_steps / max(rollout_time, 1e-9) if train_steps else None,
+                       update_fraction=(train_time - rollout_time) / max(train_time, 1e-9) if train_steps else None,
                        best_dir=str(best_dir), history=state["history"])
         if summary["ppo_steps_per_s"]:
             summary["steps_per_s_ratio"] = summary["ppo_steps_per_s"] / raw_sps

@@ -99,7 +99,8 @@ def run_finetune_bench(config: FinetuneBenchConfig) -> dict[str, Any]:
         "task": config.task, "env_steps": chain["env_steps"], "success_before": before, "success_after": after,
         "student_success": student, "noise_ppo_success": noise_success,
         "steps_per_s_ratio": chain.get("steps_per_s_ratio"), "ppo_steps_per_s": chain.get("ppo_steps_per_s"),
-        "raw_steps_per_s": chain["raw_steps_per_s"], "eval_episodes": config.eval_episodes,
+        "raw_steps_per_s": chain["raw_steps_per_s"], "rollout_steps_per_s": chain.get("rollout_steps_per_s"),
+        "update_fraction": chain.get("update_fraction"), "eval_episodes": config.eval_episodes,
         "num_envs": config.num_envs}
     if config.gaussian_checkpoint is not None:
         gauss = train_online(replace(ft, checkpoint=Path(config.gaussian_checkpoint), output_dir=out / "gaussian"))
