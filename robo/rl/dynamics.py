@@ -124,7 +124,8 @@ class DynamicsEnsemble(nn.Module):
         err = (mean - yn) ** 2
         if nll:
             err = err * torch.exp(-logvar) + logvar
-        weights = torch.cat([mask.unsqueeze(-1).expand(*mask.shape, self.state_dim), torch.ones_like(mask)[..., None]], -1)
+        delta_w = mask.unsqueeze(-1).expand(*mask.shape, self.state_dim)
+        weights = torch.cat([delta_w, torch.ones_like(mask)[..., None]], -1)
         gauss = (err * weights).sum((-1, -2)) / weights.sum((-1, -2)).clamp(min=1)
         bce = F.binary_cross_entropy_with_logits(logit, term, reduction="none").mean(-1)
         return gauss + bce

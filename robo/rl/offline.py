@@ -186,7 +186,8 @@ def _main() -> None:
     idx = np.random.default_rng(args.seed).choice(data.chunks.index, args.states)
     obs = obs_windows(data, idx, policy.spec.n_obs, list(policy.spec.obs_keys))
     rows = measure_ratio_spread(policy, obs, tuple(args.floors), args.lr, args.seed)
-    print(f"{'sigma_min':>9}  {'last-step ratio min..max':>24}  {'first-step ratio min..max':>25}  chain ratio min..max")
+    print(f"{'sigma_min':>9}  {'last-step ratio min..max':>24}  {'first-step ratio min..max':>25}  "
+          f"chain ratio min..max")
     for r in rows:
         print(f"{r['sigma_min']:9.3g}  {r['step_ratio_min'][-1]:10.3f} .. {r['step_ratio_max'][-1]:10.3f}  "
               f"{r['step_ratio_min'][0]:11.3f} .. {r['step_ratio_max'][0]:10.3f}  "

@@ -38,7 +38,7 @@ class DegenerateDataError(DatasetError):
 class TransitionConfig:
     gamma: float = 0.99  # per environment step; a chunk of n steps is discounted by gamma ** n
     chunk: int = 8  # executed actions per chunk n_c (use the policy's n_action_steps)
-    state_keys: tuple[str, ...] = ()  # low-dim keys forming the critic/dynamics state; empty = DEFAULT_STATE_KEYS present
+    state_keys: tuple[str, ...] = ()  # low-dim keys of the critic/dynamics state; empty = DEFAULT_STATE_KEYS present
     time_penalty: float = 0.0  # shaping: subtracted per step (0 = sparse success reward only)
     smoothness_penalty: float = 0.0  # shaping: times the squared change of the action per step
     allow_all_success: bool = False  # accept a success-only dataset anyway (the critic will be degenerate)
