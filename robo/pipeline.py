@@ -38,6 +38,8 @@ class PipelineConfig:
     train_steps: int = 3000  # diffusion policy optimiser steps (lowdim_diffusion preset otherwise)
     distill_steps: int = 1000  # one-step student optimiser steps
     eval_episodes: int = 50  # simulated evaluation episodes per policy
+    improve_rounds: int = 10  # gated offline PPO rounds on the teacher (robo improve; 0 skips the stage's updates)
+    improve_failure_demos: int = 20  # noisy scripted episodes recorded beside the demos so the critic sees failures
     new_run: bool = False  # start a new run folder (output_dir-2, -3, ...) instead of resuming output_dir
     progress: bool = True  # progress bars
 
@@ -139,12 +141,19 @@ def evaluate_policies(config: PipelineConfig, run: PipelineRun) -> dict[str, Any
     return {"eval": results}
 
 
+def _improve_stage(config: PipelineConfig, run: PipelineRun) -> dict[str, Any]:
+    from robo.rl.improve import pipeline_stage  # robo/rl: noisy failures + robo improve + evaluation
+
+    return pipeline_stage(config, run)
+
+
 STAGES: list[Stage] = [
     Stage("record", "recording {demos} scripted {task} demonstrations", record_demos),
     Stage("validate", "validating the dataset", validate_dataset),
     Stage("train", "training a diffusion policy ({train_steps} steps)", train_teacher),
     Stage("distill", "distilling it to a one-step student ({distill_steps} steps)", distill_student),
     Stage("evaluate", "evaluating both over {eval_episodes} seeded episodes", evaluate_policies),
+    Stage("improve", "gated offline improvement of the teacher ({improve_rounds} rounds)", _improve_stage),
 ]
 
 

@@ -105,7 +105,8 @@ def run_improve_bench(config: ImproveBenchConfig) -> dict[str, Any]:
     (out / "results.json").write_text(json.dumps(figures, indent=2))
     rows = [("BC (baseline)", f"{bc_s:.2f}", "starting policy"),
             ("gated (AM-Q)", f"{figures['success_gated']:.2f}",
-             f"{figures['success_gated'] - bc_s:+.2f} vs BC; {gated['accepted']} accepted / {gated['rejected']} rejected"),
+             f"{figures['success_gated'] - bc_s:+.2f} vs BC; "
+             f"{gated['accepted']} accepted / {gated['rejected']} rejected"),
             ("ungated", f"{figures['success_ungated']:.2f}", f"{figures['success_ungated'] - bc_s:+.2f} vs BC"),
             ("Uni-O4", f"{figures['success_unio4']:.2f}", f"{config.unio4_members} Gaussian members")]
     if "success_flywheel" in figures:
