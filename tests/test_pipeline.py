@@ -1,5 +1,7 @@
-"""``robo pipeline``: every stage on a tiny budget; a re-run resumes (finished stages skipped) or, with other
-options, starts a new run folder beside the first, and says which in one line."""
+"""``robo pipeline``: a re-run resumes (finished stages skipped) or, with other options, starts a new run folder
+beside the first, and says which in one line. The runner's logic is tested with cheap stand-in stages; the real
+record and validate stages with an interrupted recording; every stage on a tiny budget under ``-m slow`` (the
+improve stage alone takes minutes on a 2-core machine)."""
 
 import json
 import subprocess
@@ -16,6 +18,36 @@ def robo(*args):
                           timeout=300)
 
 
+REAL_STAGES = {s.name: s for s in pipeline.STAGES}
+
+
+def test_an_interrupted_recording_is_topped_up_then_validated(tmp_path, monkeypatch, capsys):
+    """The real record and validate stages: a recording that died after one of two demonstrations resumes with the
+    next seed instead of starting over or recording too many."""
+    from robo.collect import CollectConfig, collect
+    from robo.data.store import ZarrDataset
+
+    def record_one_then_die(config, run):
+        collect(CollectConfig(output=run.out / "lift_demos.zarr", episodes=1, seed=config.seed, progress=False))
+        raise SystemExit("recorder killed after one demonstration")
+
+    config = PipelineConfig(output_dir=tmp_path / "pipe", demos=2, progress=False)
+    monkeypatch.setattr(pipeline, "STAGES", [Stage("record", "recording", record_one_then_die), REAL_STAGES["validate"]])
+    with pytest.raises(SystemExit, match="recorder killed"):
+        run_pipeline(config)
+    capsys.readouterr()
+    monkeypatch.setattr(pipeline, "STAGES", [REAL_STAGES["record"], REAL_STAGES["validate"]])
+    summary = run_pipeline(config)
+    out = capsys.readouterr().out
+    assert out.startswith(f"resuming {tmp_path / 'pipe'}: its record stage did not finish; continuing it")
+    assert "already holds 1 episodes" in out and summary["episodes"] == 2 and summary["dataset_ok"]
+    with ZarrDataset.open(summary["dataset"]) as ds:
+        assert [e.seed for e in ds.episodes] == [0, 1]
+    run_pipeline(config)
+    assert capsys.readouterr().out.startswith(f"every stage of {tmp_path / 'pipe'} finished earlier")
+
+
+@pytest.mark.slow
 def test_pipeline_runs_every_stage_then_a_rerun_skips_them(tmp_path):
     out = tmp_path / "pipe"
     summary = run_pipeline(PipelineConfig(output_dir=out, demos=2, train_steps=4, distill_steps=2, eval_episodes=1,
