@@ -77,7 +77,8 @@ def launch_processes(path: Path, args: dict[str, str]) -> list[Process]:
             argv = shlex.split(substitute(entry["executable"]["cmd"]))
             if argv and argv[0] in ("python3", "python"):
                 argv[0] = sys.executable
-            processes.append(Process(" ".join(argv[1:4]), tuple(argv)))
+            name = argv[2] if argv[1:2] == ["-m"] and len(argv) > 2 else " ".join(argv[:2])
+            processes.append(Process(name, tuple(argv)))
         elif "node" in entry:
             node = entry["node"]
             argv = ["ros2", "run", node["pkg"], node["exec"], "--ros-args"]
@@ -86,7 +87,9 @@ def launch_processes(path: Path, args: dict[str, str]) -> list[Process]:
             if node.get("name"):
                 argv += ["-r", f"__node:={node['name']}"]
             for param in node.get("param", []):
-                argv += ["-p", f"{param['name']}:={substitute(param['value'])}"]
+                value = param["value"]
+                value = ("true" if value else "false") if isinstance(value, bool) else substitute(value)
+                argv += ["-p", f"{param['name']}:={value}"]
             processes.append(Process(f"{node['pkg']}/{node['exec']}", tuple(argv), ros_package=True))
     return processes
 

@@ -493,9 +493,17 @@ def soak(nut: NodeUnderTest, minutes: float) -> dict[str, Any]:
         time.sleep(max(0.0, next_state - time.monotonic()))
     rss = np.array([s[1] for s in samples])
     first = rss[: max(1, len(rss) // 10)].mean()
+    # Drift: missed deadlines per minute in the first and the last third of the run.
+    t, missed = np.array([s[0] for s in samples]), np.array([s[2] for s in samples], float)
+    third = max(1, len(samples) // 3)
+
+    def rate(a: int, b: int) -> float:
+        return float((missed[b] - missed[a]) / max(1e-9, t[b] - t[a]) * 60) if b > a else 0.0
+
     return {"minutes": minutes, "rss_first_mb": float(first), "rss_last_mb": float(rss[-1]),
             "rss_growth_percent": float((rss[-1] - first) / first * 100), "missed": int(samples[-1][2]),
-            "ticks": int(samples[-1][3])}
+            "ticks": int(samples[-1][3]), "missed_per_min_first": rate(0, third - 1 if third > 1 else 0),
+            "missed_per_min_last": rate(len(samples) - third, len(samples) - 1)}
 
 
 def run_node_bench(config: NodeBenchConfig) -> dict[str, Any]:
@@ -514,10 +522,13 @@ def run_node_bench(config: NodeBenchConfig) -> dict[str, Any]:
             rows += [("soak minutes at 100 Hz", f"{result['minutes']:.1f}", f"{result['ticks']} ticks"),
                      ("resident memory growth", f"{result['rss_growth_percent']:+.1f} %",
                       f"{result['rss_first_mb']:.0f} -> {result['rss_last_mb']:.0f} MB"),
-                     ("missed deadlines", str(result["missed"]), "")]
+                     ("missed deadlines", str(result["missed"]),
+                      f"per minute: first third {result['missed_per_min_first']:.1f}, "
+                      f"last third {result['missed_per_min_last']:.1f}")]
             print_table("robo bench node --minutes (policy node soak through DDS)", rows)
             figures = {"soak_minutes": result["minutes"], "rss_growth_percent": result["rss_growth_percent"],
-                       "missed": result["missed"], "p50_ms": None, "p99_ms": None, "unsafe_published": 0,
+                       "missed": result["missed"], "missed_per_min_first": result["missed_per_min_first"],
+                       "missed_per_min_last": result["missed_per_min_last"], "p50_ms": None, "p99_ms": None, "unsafe_published": 0,
                        "fuzz_messages": 0, "cpu_percent": None}
             print_json_line(figures)
             return figures
