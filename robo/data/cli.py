@@ -14,7 +14,8 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="inspect, validate, repair, merge and convert datasets")
     sub = data.add_subparsers(dest="data_command", required=True)
 
-    p = sub.add_parser("check", help="validate a dataset (never writes); exit 1 if damaged")
+    p = sub.add_parser("check", help="validate a dataset (never writes); exit 1 if damaged, or if it is a zarr-2 "
+                                     "store whose torn tail zarr-2 readers refuse")
     p.add_argument("path", type=Path)
     p.set_defaults(func=_check)
 
