@@ -74,6 +74,18 @@ class PolicyBase(nn.Module):
         """Copy EMA weights into the model (what evaluation and deployment run); the EMA itself is kept."""
         if self.ema is not None:
             self.ema.copy_to(self.parameters())
+            self.forget_cached_features()
+
+    def forget_cached_features(self) -> None:
+        """Drop features computed with other weights (the encoders' frame caches)."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "clear_frame_cache"):
+                module.clear_frame_cache()
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().load_state_dict(*args, **kwargs)
+        self.forget_cached_features()
+        return result
 
     @contextlib.contextmanager
     def shipped_weights(self) -> Iterator[PolicyBase]:
@@ -85,11 +97,13 @@ class PolicyBase(nn.Module):
         if self.ema is not None:
             self.ema.store(self.parameters())
             self.ema.copy_to(self.parameters())
+            self.forget_cached_features()
         try:
             yield self
         finally:
             if self.ema is not None:
                 self.ema.restore(self.parameters())
+                self.forget_cached_features()
             self.train(was_training)
 
     def to(self, *args: Any, **kwargs: Any) -> PolicyBase:

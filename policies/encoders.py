@@ -169,6 +169,11 @@ class ObservationEncoder(nn.Module):
             feats.append(f.reshape(b, t * f.shape[-1]))
         return torch.cat(feats, dim=-1)
 
+    def clear_frame_cache(self) -> None:
+        """Forget cached frame features. Version counters miss writes through ``.data`` (diffusers' EMA swaps
+        weights that way), so whoever swaps weights calls this (PolicyBase does)."""
+        self._frame_cache.clear()
+
     def _encode_cached(self, cam: str, x: torch.Tensor, b: int, t: int) -> torch.Tensor:
         """Features of (b*t, H, W, C) frames, reusing those of frames identical to one of the same batch row in the
         previous call (with a history of n_obs frames, all but the newest were seen before)."""

@@ -154,3 +154,21 @@ def test_wrong_image_size_at_run_time_is_one_line():
     with pytest.raises(ValueError, match="encoder was built for") as err:
         policy.predict(obs)
     assert_one_line(err)
+
+
+@pytest.mark.parametrize("name", ["diffusion-unet", "gaussian"])
+def test_shipped_weights_are_what_loads_and_training_weights_come_back(tmp_path, name):
+    """In-training selection scores ``shipped_weights()``: exactly what load_checkpoint gives robo eval; the raw
+    weights (and the camera feature cache) are back afterwards."""
+    from test_policies import train
+
+    policy = build(name, "rgbd")
+    batch = make_batch("rgbd")
+    train(policy, batch, steps=2)
+    policy.eval()
+    raw_before = predict_seeded(policy, batch["obs"])
+    save_checkpoint(tmp_path / "ck", policy)
+    with policy.shipped_weights():
+        shipped = predict_seeded(policy, batch["obs"])
+    assert torch.equal(shipped, predict_seeded(load_checkpoint(tmp_path / "ck"), batch["obs"]))
+    assert torch.equal(predict_seeded(policy, batch["obs"]), raw_before)
