@@ -221,6 +221,10 @@ def train_online(config: FinetuneConfig, venv: Any = None,
                 before = evaluator(shipped(), VALIDATION_SEED_OFFSET, config.eval_episodes, "iter0")
             state["history"]["eval_env_steps"].append(0)
             state["history"]["eval_success"].append(before["success_rate"])
+            # The starting policy is a candidate too: if PPO only makes it worse, best/ is what we started from.
+            state["best"] = before["success_rate"]
+            save(best_dir, {"success_rate": before["success_rate"], "eval_seed": VALIDATION_SEED_OFFSET,
+                            "eval_episodes": config.eval_episodes}, trainer=False)
         bar = tqdm(total=config.env_steps, initial=state["env_steps"], desc=f"ppo {config.method}", unit="step",
                    disable=not config.progress)
         train_time, train_steps, rollout_time = 0.0, 0, 0.0

@@ -217,6 +217,26 @@ def test_trainer_runs_saves_and_resumes(tmp_path, kind):
     assert summary["env_steps"] == 96 and summary["iterations"] == 3
 
 
+def test_best_keeps_the_starting_policy_when_ppo_only_gets_worse(tmp_path):
+    start = build("gaussian", "lowdim")
+    ckpt = save_checkpoint(tmp_path / "bc", start, {"task": "Reach", "fps": 20})
+    calls = []
+
+    def evaluator(policy, seed, episodes, name):  # scores the starting policy best, every later one worse
+        calls.append(name)
+        return {"success_rate": 1.0 if name == "iter0" else 0.5}
+
+    cfg = FinetuneConfig(checkpoint=ckpt, output_dir=tmp_path / "ft", env_steps=64, chunks_per_iter=4, epochs=2,
+                         minibatch_size=4, value_warmup_iters=0, eval_every=1, eval_episodes=3, progress=False,
+                         lr=1e-2)
+    train_online(cfg, venv=toy_venv(2), evaluator=evaluator)
+    assert calls == ["iter0", "iter1", "iter2"]
+    best = load_checkpoint(tmp_path / "ft" / "ppo" / "best")
+    last = load_checkpoint(tmp_path / "ft" / "ppo" / "last")
+    assert all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), load_checkpoint(ckpt).state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(best.state_dict().values(), last.state_dict().values()))
+
+
 def test_noise_trainer_runs(tmp_path):
     student = ConsistencyPolicy.from_teacher(build("diffusion-mlp", "lowdim"))
     ckpt = save_checkpoint(tmp_path / "st", student, {"task": "Reach", "fps": 20})
