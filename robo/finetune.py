@@ -61,6 +61,7 @@ class FinetuneConfig:
     value_warmup_iters: int = 2  # first iterations fit only the value net, to Monte-Carlo returns
     value_init: Path | None = None  # safetensors of a ValueNet to start from (e.g. an earlier run's value.safetensors)
     sigma_floor: float = 0.1  # chain: lower bound on every denoising step's std (sampling and likelihood; DPPO 0.1)
+    mean_eta: float = 0.0  # chain: DDIM eta of each step's mean (0 = the deterministic sampler that is evaluated and shipped)
     noise_clip: float = 3.0  # clip exploration noise draws at this many std (0 = off)
     ddim_steps: int = 0  # chain: denoising steps K during PPO (0 = the policy's num_inference_steps)
     trainable_last_k: int = 0  # chain: only the last K' denoising steps enter the loss (0 = all)
@@ -93,7 +94,8 @@ def build_actor(policy: Any, config: FinetuneConfig) -> Any:
         if policy.kind != "diffusion":
             raise ValueError(f"chain PPO needs a diffusion checkpoint, got a {policy.kind} policy")
         return ChainActor(policy, config.sigma_floor, config.noise_clip, config.ddim_steps,
-                          trainable_last_k=config.trainable_last_k, executed_only=config.executed_only)
+                          trainable_last_k=config.trainable_last_k, executed_only=config.executed_only,
+                          mean_eta=config.mean_eta)
     if method == "gaussian":
         if policy.kind != "gaussian":
             raise ValueError(f"Gaussian PPO needs a gaussian checkpoint, got a {policy.kind} policy")

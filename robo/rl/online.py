@@ -90,8 +90,12 @@ class ChainActor:
     ``ddim_step`` (the function predict, sample_chain and chain_logprob use), so sampling and likelihood agree."""
 
     def __init__(self, policy: Any, sigma_floor: float = 0.1, noise_clip: float = 3.0, steps: int = 0,
-                 eta: float = 1.0, trainable_last_k: int = 0, executed_only: bool = True):
+                 eta: float = 1.0, trainable_last_k: int = 0, executed_only: bool = True, mean_eta: float = 0.0):
         self.policy, self.sigma_floor, self.noise_clip, self.eta = policy, sigma_floor, noise_clip, eta
+        # The mean of each step is the DDIM update at ``mean_eta``; 0 makes it the deterministic sampler that
+        # predict() runs, evaluation scores and distillation copies, so PPO improves what ships (exploration noise
+        # of std max(eta * sigma_k, sigma_floor) is added around it). 1 = DDPM-like means (policy.sample_chain).
+        self.mean_eta = mean_eta
         self.grid = policy.time_grid(steps or None)
         self.num_logp_steps = len(self.grid.timesteps)
         if not 0 <= trainable_last_k <= self.num_logp_steps:
@@ -110,7 +114,10 @@ class ChainActor:
 
     def _step(self, x: torch.Tensor, k: int, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.policy.denoiser.step(x, self.grid.timesteps[k].to(x.device), cond)
-        return self.policy.ddim_step(x, out, self.grid, k, self.eta, self.sigma_floor)
+        mean, sigma = self.policy.ddim_step(x, out, self.grid, k, self.eta, self.sigma_floor)
+        if self.mean_eta != self.eta:
+            mean, _ = self.policy.ddim_step(x, out, self.grid, k, self.mean_eta, 0.0)
+        return mean, sigma
 
     def act(self, obs: dict[str, Any], generator: torch.Generator | None = None
             ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
