@@ -49,7 +49,8 @@ def test_robot_yaml_typos_are_refused_with_one_line(tmp_path):
         load_robot_config(bad)
 
 
-# ROS packages the robot launch files start but that come from a ROS install, not from this repository.
+# ROS packages a launch file may start that come from a ROS install, not from this repository (the robot files
+# name realsense2_camera only in a comment; our pyrealsense2 node is the default).
 EXTERNAL_ROS_PACKAGES = {"realsense2_camera": "realsense-ros (apt install ros-jazzy-realsense2-camera)"}
 
 
@@ -107,5 +108,6 @@ def test_deploy_refuses_unknown_launch_arguments(tmp_path):
     with pytest.raises(LaunchFileError, match=r"has no arguments \['chekpoint'\]"):
         launch_processes(LAUNCH / "sim.launch.yaml", {"chekpoint": "x"})
     procs = launch_processes(LAUNCH / "fr3.launch.yaml", {"checkpoint": "/tmp/ckpt", "dry_run": "true"})
-    node = [p for p in procs if not p.ros_package][0].argv
+    node = [p for p in procs if p.name == "hardware.ros_node"][0].argv
+    assert [p.name for p in procs] == ["hardware.realsense_node", "hardware.ros_node"]
     assert "checkpoint:=/tmp/ckpt" in node and "dry_run:=true" in node
