@@ -242,3 +242,22 @@ def test_joint_trajectory_and_twist_interfaces_with_a_camera_over_dds(tmp_path, 
         deploy.send_signal(subprocess.signal.SIGINT)
         out, _ = deploy.communicate(timeout=30)
     assert "Traceback" not in out, out[-2000:]
+
+
+def test_the_unsafe_command_check_can_fail():
+    """The checker the DDS tests and the fuzz bench rely on flags each kind of violation."""
+    from hardware.safety import SafetyLimits
+
+    def cmd(frame, pos, quat=(1.0, 0, 0, 0)):
+        return (0.0, SimpleNamespace(header=SimpleNamespace(frame_id=frame), pose=SimpleNamespace(
+            position=SimpleNamespace(x=pos[0], y=pos[1], z=pos[2]),
+            orientation=SimpleNamespace(x=quat[0], y=quat[1], z=quat[2], w=quat[3]))))
+
+    limits = SafetyLimits(workspace_low=(0, -1, 0), workspace_high=(1, 1, 1))
+    sent = {"a": (0.0, np.array([0.5, 0, 0.5]), np.array([1.0, 0, 0, 0])),
+            "out": (0.0, np.array([1.2, 0, 0.5]), np.array([1.0, 0, 0, 0]))}
+    assert unsafe_commands([cmd("a", (0.54, 0, 0.5)), cmd("out", (1.16, 0, 0.5))], sent, limits) == []
+    problems = unsafe_commands([cmd("a", (0.56, 0, 0.5)), cmd("out", (1.21, 0, 0.5)), cmd("zz", (0.5, 0, 0.5)),
+                                cmd("a", (0.5, 0, 0.5), (0, 0, 0, 1.0)), cmd("a", (np.nan, 0, 0.5))], sent, limits)
+    assert len(problems) == 5 and "step" in problems[0] and "leaves the workspace" in problems[1]
+    assert "unknown pose" in problems[2] and "rotation" in problems[3] and "malformed" in problems[4]
