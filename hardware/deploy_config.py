@@ -72,6 +72,10 @@ class DeployConfig:
             raise DeployConfigError(f"output '{self.output}' is not one of {OUTPUTS}")
         if self.control_hz <= 0:
             raise DeployConfigError(f"control_hz must be positive, got {self.control_hz}")
+        if abs(self.safety.control_dt - 1.0 / self.control_hz) > 1e-6:
+            # The joint velocity limits are integrated over control_dt: a stale value would scale them wrongly.
+            raise DeployConfigError(f"safety.control_dt {self.safety.control_dt} s does not match control_hz "
+                                    f"{self.control_hz} ({1.0 / self.control_hz:.4g} s); set both")
         if self.output == "joint_trajectory" and self.kinematics in ("", "none"):
             raise DeployConfigError("output=joint_trajectory needs a kinematic model (kinematics: franka or ur5e)")
         if len(self.joint_names) != len(self.safety.joint_lower):

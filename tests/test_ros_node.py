@@ -96,6 +96,9 @@ def test_parameter_typos_and_contradictions_are_refused(tmp_path):
     bad.write_text("/**:\n  ros__parameters:\n    safety: {workspace_lo: [0, 0, 0]}\n")
     with pytest.raises(DeployConfigError, match=r"safety.workspace_lo"):
         load_deploy_config(bad)
+    bad.write_text("/**:\n  ros__parameters:\n    control_hz: 100.0\n")
+    with pytest.raises(DeployConfigError, match="safety.control_dt 0.05 s does not match control_hz 100"):
+        load_deploy_config(bad)
     bad.write_text("/**:\n  ros__parameters:\n    output: joint_trajectory\n    kinematics: none\n")
     with pytest.raises(DeployConfigError, match="needs a kinematic model"):
         load_deploy_config(bad)
