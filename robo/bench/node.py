@@ -60,7 +60,8 @@ class NodeUnderTest:
         self.proc = RosProcess("hardware.ros_node", SIM_PARAMS, overrides, workdir / f"{name}.log")
         from hardware.deploy_config import load_deploy_config
 
-        self.limits = load_deploy_config(SIM_PARAMS, {"control_hz": float(rate), "safety.control_dt": 1.0 / rate}).safety
+        rate_params = {"control_hz": float(rate), "safety.control_dt": 1.0 / rate}
+        self.limits = load_deploy_config(SIM_PARAMS, rate_params).safety
         self.seq = 0
         self.rng = np.random.default_rng(0)
 
