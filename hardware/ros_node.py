@@ -165,8 +165,9 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         # Reliable keep-last-1 commands: only the newest matters, but it must not be silently dropped.
         cmd_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self._pubs: dict[tuple[bool, str], Any] = {}
-        kinds = {"pose": (PoseStamped, cfg.target_pose_topic), "joint_trajectory": (JointTrajectory, cfg.joint_trajectory_topic),
-                 "twist": (TwistStamped, cfg.twist_topic), "gripper": (Float64, cfg.gripper_topic)}
+        kinds = {"pose": (PoseStamped, cfg.target_pose_topic), "twist": (TwistStamped, cfg.twist_topic),
+                 "joint_trajectory": (JointTrajectory, cfg.joint_trajectory_topic),
+                 "gripper": (Float64, cfg.gripper_topic)}
         for name in (cfg.output, "gripper"):
             msg_type, topic = kinds[name]
             self._pubs[(False, name)] = self.create_publisher(msg_type, topic, cmd_qos)
