@@ -65,6 +65,10 @@ class DeployConfig:
     start_armed: bool = False  # False: commands start only after the ~/arm service (true on real robots)
     dry_run: bool = False  # shadow mode: publish proposed commands on ~/proposed/* and execute nothing
     diagnostics_period_s: float = 0.5  # how often ~/diagnostics is published
+    operator_twist_topic: str = "/operator/twist"  # TwistStamped (m/s, rad/s, base frame): while fresh, it drives
+    operator_gripper_topic: str = "/operator/gripper"  # Float64 -1 open .. +1 close, used while the operator drives
+    operator_timeout_s: float = 0.2  # the operator holds the arm while its twist is this fresh; then the policy resumes
+    record_bag: str = ""  # rosbag2 directory to record the session (state, commands, per-tick provenance); "" = off
     safety: SafetyLimits = field(default_factory=SafetyLimits)  # the filter's limits (nested `safety:` map)
 
     def validate(self) -> None:

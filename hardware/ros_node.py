@@ -16,6 +16,10 @@ Design against what hurts deployed learned policies:
 * No dry run: ``~/dry_run`` (std_srvs/SetBool) publishes proposed commands on ``~/proposed/*`` and nothing on the
   controller topics; ``~/arm`` (SetBool) arms and disarms; the node starts disarmed unless ``start_armed``.
 * A watchdog publishes one hold (the measured pose) after ``safety.watchdog_periods`` periods without a command.
+* Operator takeover: while a teleop twist keeps arriving on ``operator_twist_topic`` it drives the arm through the
+  same safety filter; when it stops the policy resumes from a fresh history. Every tick's source (policy /
+  operator / hold) goes to ``~/provenance``, and with ``record_bag`` the session (state in, commands out,
+  provenance) is recorded to rosbag2 off the control thread.
 """
 
 from __future__ import annotations
@@ -161,7 +165,19 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         for entry in cfg.lowdim_topics:
             key, topic = split_mapping(entry)
             self._lowdim_keys[key] = topic
-            self.create_subscription(Float32MultiArray, topic, lambda m, k=key: self._store(k, m, stamped=False), sensor)
+            self.create_subscription(Float32MultiArray, topic, lambda m, k=key: self._store(k, m, stamped=False),
+                                     sensor)
+        # Operator takeover: a teleop device's twist (and gripper) replaces the policy while it keeps coming.
+        self.create_subscription(TwistStamped, cfg.operator_twist_topic, lambda m: self._store("operator", m), sensor)
+        self.create_subscription(Float64, cfg.operator_gripper_topic,
+                                 lambda m: self._store("operator_gripper", m, stamped=False), sensor)
+        self._operator_active = False
+        self.recorder = None
+        if cfg.record_bag:
+            from hardware.session_recorder import SessionRecorder
+
+            self.recorder = SessionRecorder(cfg.record_bag)
+        self._provenance = self.create_publisher(String, "~/provenance", 10)
         # Reliable keep-last-1 commands: only the newest matters, but it must not be silently dropped.
         cmd_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self._pubs: dict[tuple[bool, str], Any] = {}
@@ -225,12 +241,25 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         if stamp is not None and not self._accept_stamp(stream, stamp):
             return
         self._latest[stream] = (msg, self._observed_at(stamp))
+        if self.recorder is not None:
+            self._record(stream, msg)
+
+    def _record(self, stream: str, msg: Any) -> None:
+        """Queue a message for the session bag (no serialisation here: the recorder's thread does it)."""
+        topics = {"eef_pose": self.config.eef_pose_topic, "operator": self.config.operator_twist_topic,
+                  "operator_gripper": self.config.operator_gripper_topic, "joint_states": self.config.joint_states_topic,
+                  **self._image_keys, **self._lowdim_keys}
+        topic = topics.get(stream, stream)
+        module = type(msg).__module__.split(".")[0]  # e.g. geometry_msgs
+        self.recorder.record(topic, f"{module}/msg/{type(msg).__name__}", msg, time.time_ns())
 
     def _on_joints(self, msg: Any) -> None:
         stamp = stamp_to_sec(msg.header.stamp)
         if not self._accept_stamp("joint_states:" + ",".join(msg.name[:1]), stamp):
             return
         now = self._observed_at(stamp)
+        if self.recorder is not None:
+            self._record("joint_states", msg)
         if len(msg.position) != len(msg.name):
             self.counters["rejected:joint_states"] += 1
             return
@@ -310,22 +339,66 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
             obs, stamps, state, frame = self.observation()
             # The frame travels with the state: a watchdog hold later uses both from the same message.
             self._last_state, self._frame = state, frame
-            result = self.runner.act(obs, now=start, stamp=stamps)
+            operator = self._operator_action(start)
+            if operator is not None:
+                result = self._operator_command(operator, state, stamps, start)
+            else:
+                result = self.runner.act(obs, now=start, stamp=stamps)
         except MessageError as err:
             result = Hold(str(err))
             self.counters["rejected_messages"] += 1
+        source = "operator" if self._operator_active else "policy"
         if isinstance(result, Act) and result.command is not None:
             self._publish(result.command)
+            self._publish_provenance(source, result.command.interventions)
             self.watchdog.feed(start)
             self._hold_sent = False
             for name in result.command.interventions:
                 self.interventions[name] += 1
         else:
             self._on_hold(result.reason if isinstance(result, Hold) else "no command", start)
+            self._publish_provenance("hold", ())
         elapsed = time.monotonic() - start
         self.loop_s.append(elapsed)
         if elapsed > period:
             self.counters["overruns"] += 1
+
+    # ----------------------------------------------------------------------------------------- takeover
+    def _operator_action(self, now: float) -> np.ndarray | None:
+        """The operator's normalised action while their twist is fresh, else None (and the policy resumes with a
+        fresh history: what it saw before the takeover no longer describes the scene)."""
+        cfg = self.config
+        latest = self._latest.get("operator")
+        if latest is None or now - latest[1] > cfg.operator_timeout_s:
+            if self._operator_active:
+                self._operator_active = False
+                self.runner.reset()
+                self.get_logger().info("operator released the arm: policy resumes")
+            return None
+        if not self._operator_active:
+            self._operator_active = True
+            self.get_logger().info("operator took over")
+        t = latest[0].twist
+        twist = np.array([t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z], dtype=np.float64)
+        lim = cfg.safety
+        scale = np.array([lim.output_max_pos] * 3 + [lim.output_max_rot] * 3)
+        grip = self._latest.get("operator_gripper")
+        gripper = float(grip[0].data) if grip is not None else (self._last_gripper or -1.0)
+        return np.concatenate([twist * cfg.period_s / scale, [gripper]])  # NaN stays NaN: the filter holds
+
+    def _operator_command(self, action: np.ndarray, state: MeasuredState, stamps: dict[str, float],
+                          now: float) -> Act | Hold:
+        """The operator's step through the same safety filter as the policy's."""
+        self.counters["operator_ticks"] += 1
+        result = self.runner.filters[0](action, state, min(stamps.values()), now)
+        return result if isinstance(result, Hold) else Act(result.action, result)
+
+    def _publish_provenance(self, source: str, interventions: tuple[str, ...]) -> None:
+        String = self._msgs[5]
+        msg = String(data=json.dumps({"t": self._decided_at, "source": source, "interventions": list(interventions)}))
+        self._provenance.publish(msg)
+        if self.recorder is not None:
+            self.recorder.record("/robo_policy_node/provenance", "std_msgs/msg/String", msg, time.time_ns())
 
     def _on_hold(self, reason: str, now: float) -> None:
         self.holds[re.sub(r"-?\d+(\.\d+)?", "#", reason.split(" (")[0])[:80]] += 1  # counts by kind, not by value
@@ -354,6 +427,10 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
             msg = fill_joint_trajectory(JointTrajectory(), cfg.joint_names, cmd.joint_target,
                                         cfg.trajectory_periods * cfg.period_s, JointTrajectoryPoint)
         self._pubs[(dry, cfg.output)].publish(msg)
+        if self.recorder is not None:
+            module = type(msg).__module__.split(".")[0]
+            self.recorder.record(self._pubs[(dry, cfg.output)].topic_name, f"{module}/msg/{type(msg).__name__}", msg,
+                                 time.time_ns())
         # Grippers take discrete commands: send on change (after hysteresis), and once when a run starts.
         if cmd.gripper != self._last_gripper or dry:
             width = gripper_width(cmd.gripper, cfg.gripper_open_width, cfg.gripper_closed_width)
@@ -372,7 +449,11 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
                 "loop_ms_p99": round(float(np.percentile(loop, 99)), 3), "loop_ms_max": round(float(loop.max()), 3),
                 "stale_streams": sorted(k for k, a in ages.items() if a > limits[k]), "stream_age_s": ages,
                 "last_hold": self.last_hold, "holds": dict(self.holds), "interventions": dict(self.interventions),
-                "dropped_actions": self.runner.dropped_actions, **dict(self.counters)}
+                "dropped_actions": self.runner.dropped_actions, "operator_active": self._operator_active,
+                **({"recorded": self.recorder.written, "record_dropped": self.recorder.dropped,
+                    "record_error": self.recorder.error}
+                   if self.recorder is not None else {}),
+                **dict(self.counters)}
 
     def publish_diagnostics(self) -> None:
         self._diag.publish(self._msgs[5](data=json.dumps(self.diagnostics())))
@@ -399,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         if rclpy.ok():  # a publish racing the SIGINT shutdown is not an error; anything else is
             raise
     finally:
+        if node.recorder is not None:
+            node.recorder.close()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -264,3 +264,65 @@ def test_the_unsafe_command_check_can_fail():
                                 cmd("a", (0.5, 0, 0.5), (0, 0, 0, 1.0)), cmd("a", (np.nan, 0, 0.5))], sent, limits)
     assert len(problems) == 5 and "step" in problems[0] and "leaves the workspace" in problems[1]
     assert "unknown pose" in problems[2] and "rotation" in problems[3] and "malformed" in problems[4]
+
+
+@pytest.mark.ros
+def test_operator_takeover_is_filtered_recorded_and_hands_back(tmp_path):
+    """A probe plays the arm; an operator twist takes over at once (its step, through the same filter, becomes the
+    command), the policy resumes when the twist stops, and the session bag holds commands and per-tick
+    provenance."""
+    from geometry_msgs.msg import TwistStamped
+    from rclpy.qos import qos_profile_sensor_data
+    from rosbags.rosbag2 import Reader
+    from std_msgs.msg import String
+
+    from robo.bench.ros_probe import Probe, RosProcess
+
+    ckpt = fresh_checkpoint(tmp_path / "ckpt", LOWDIM)
+    bag = tmp_path / "session"
+    probe = Probe()
+    twist_pub = probe.node.create_publisher(TwistStamped, "/operator/twist", qos_profile_sensor_data)
+    provenance = []
+    probe.node.create_subscription(String, "/robo_policy_node/provenance", lambda m: provenance.append(m.data), 100)
+    node = RosProcess("hardware.ros_node", REPO / "hardware" / "robots" / "sim_panda_deploy.yaml",
+                      {"checkpoint": str(ckpt), "record_bag": str(bag)}, tmp_path / "node.log")
+    seq = [0]
+
+    def tick(operator=None):
+        seq[0] += 1
+        probe.publish_state(seq[0])
+        if operator is not None:
+            msg = TwistStamped()
+            msg.header.stamp = probe.node.get_clock().now().to_msg()
+            msg.twist.linear.x = operator
+            twist_pub.publish(msg)
+        time.sleep(0.02)
+
+    try:
+        assert wait_for(lambda: tick() or bool(probe.commands), 150, step_s=0.0), node.log()[-1000:]
+        probe.commands.clear()
+        for _ in range(40):
+            tick(operator=0.2)  # 0.2 m/s: 1 cm per 50 ms period
+        operated = [m for _, m in list(probe.commands)[5:] if m.header.frame_id in probe.sent]
+        assert operated, "no commands while the operator drove"
+        for msg in operated:
+            step = pose_to_arrays(msg)[0] - probe.sent[msg.header.frame_id][1]
+            np.testing.assert_allclose(step, [0.01, 0, 0], atol=1e-6)
+        for _ in range(40):
+            tick()  # operator gone: the policy takes over again
+        sources = [json_source(p) for p in provenance]
+        last_operator = max(i for i, s in enumerate(sources) if s == "operator")
+        assert "policy" in sources[last_operator:], "the policy did not resume after the operator let go"
+    finally:
+        node.stop()
+        probe.close()
+    with Reader(bag) as reader:
+        topics = {c.topic: c.msgcount for c in reader.connections}
+    assert topics["/robo_policy_node/provenance"] >= 20 and topics["/cartesian_impedance_controller/target_pose"] > 0
+    assert topics["/operator/twist"] > 0 and topics["/eef_pose"] > 0
+
+
+def json_source(text):
+    import json
+
+    return json.loads(text)["source"]
