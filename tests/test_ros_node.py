@@ -326,3 +326,59 @@ def json_source(text):
     import json
 
     return json.loads(text)["source"]
+
+
+@pytest.mark.ros
+def test_teleop_bridge_publishes_only_while_the_operator_is_active():
+    """Keyboard samples become the operator twist (unit action -> output_max per control period) and gripper;
+    nothing is published once the operator has been quiet for hold_s, so the policy gets the arm back."""
+    import threading
+
+    import rclpy
+    from geometry_msgs.msg import TwistStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+    from std_msgs.msg import Float64
+
+    from hardware.teleop import KeyboardConfig, KeyboardTeleop
+    from hardware.teleop_node import TeleopNode
+
+    keyboard = pytest.importorskip("pynput.keyboard")
+    contexts = []
+    for _ in range(2):
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
+        contexts.append(ctx)
+    device = KeyboardTeleop(KeyboardConfig(listen=False))
+    bridge = TeleopNode(context=contexts[0], device=device, overrides={"hold_s": 0.3})
+    listener = rclpy.create_node("operator_listener", context=contexts[1])
+    twists, grips = [], []
+    listener.create_subscription(TwistStamped, "/operator/twist", twists.append, 50)
+    listener.create_subscription(Float64, "/operator/gripper", lambda m: grips.append(m.data), 50)
+    executors = []
+    for ctx, node in zip(contexts, (bridge, listener)):
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(node)
+        threading.Thread(target=ex.spin, daemon=True).start()
+        executors.append(ex)
+    try:
+        assert wait_for(lambda: listener.count_publishers("/operator/twist") > 0, 20)
+        time.sleep(0.5)
+        assert twists == []  # idle device: the policy keeps the arm
+        device.on_press(keyboard.KeyCode.from_char("w"))
+        assert wait_for(lambda: len(twists) >= 10, 10)
+        msg = twists[-1]
+        assert msg.twist.linear.x == pytest.approx(1.0) and msg.twist.linear.y == 0  # 0.05 m per 0.05 s
+        assert grips[-1] == -1.0  # open until toggled
+        device.on_release(keyboard.KeyCode.from_char("w"))
+        time.sleep(0.6)  # hold_s passes
+        count = len(twists)
+        time.sleep(0.4)
+        assert len(twists) == count, "kept publishing after the operator went quiet"
+    finally:
+        for ex in executors:
+            ex.shutdown()
+        bridge.destroy_node()
+        listener.destroy_node()
+        for ctx in contexts:
+            rclpy.try_shutdown(context=ctx)
