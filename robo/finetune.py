@@ -61,7 +61,7 @@ class FinetuneConfig:
     value_warmup_iters: int = 2  # first iterations fit only the value net, to Monte-Carlo returns
     value_init: Path | None = None  # safetensors of a ValueNet to start from (e.g. an earlier run's value.safetensors)
     sigma_floor: float = 0.1  # chain: lower bound on every denoising step's std (sampling and likelihood; DPPO 0.1)
-    mean_eta: float = 0.0  # chain: DDIM eta of each step's mean (0 = the deterministic sampler that is evaluated and shipped)
+    mean_eta: float = 1.0  # chain: DDIM eta of each step's mean (1 = sample_chain's; 0 collapsed training success on Lift)
     noise_clip: float = 3.0  # clip exploration noise draws at this many std (0 = off)
     ddim_steps: int = 0  # chain: denoising steps K during PPO (0 = the policy's num_inference_steps)
     trainable_last_k: int = 0  # chain: only the last K' denoising steps enter the loss (0 = all)

@@ -169,15 +169,16 @@ def test_only_executed_actions_carry_likelihood():
     assert torch.all(gauss.log_std.grad[~mask] == 0)
 
 
-def test_chain_mean_is_the_shipped_deterministic_sampler():
-    """With the exploration noise squeezed to nothing, the chain PPO samples is exactly what predict() ships."""
+def test_chain_mean_eta_zero_is_the_shipped_deterministic_sampler():
+    """With mean_eta 0 and the exploration noise squeezed to nothing, the chain is exactly what predict() ships;
+    the default (eta 1, sample_chain's means) is a different sampler."""
     policy = build("diffusion-mlp", "lowdim")
     obs = make_batch("lowdim", n=3)["obs"]
-    actor = ChainActor(policy, sigma_floor=0.1, noise_clip=1e-9)
+    actor = ChainActor(policy, sigma_floor=0.1, noise_clip=1e-9, mean_eta=0.0)
     actions, _, _ = actor.act(obs, torch.Generator().manual_seed(5))
     shipped = policy.predict(obs, generator=torch.Generator().manual_seed(5)).numpy()
     assert np.allclose(actions, shipped, atol=1e-5)
-    ddpm_like = ChainActor(policy, sigma_floor=0.1, noise_clip=1e-9, mean_eta=1.0)
+    ddpm_like = ChainActor(policy, sigma_floor=0.1, noise_clip=1e-9)
     assert not np.allclose(ddpm_like.act(obs, torch.Generator().manual_seed(5))[0], shipped, atol=1e-3)
 
 
