@@ -207,6 +207,8 @@ def test_noise_policy_starts_as_the_base_policy():
                           atol=1e-6)
     mean, std = actor._dist(obs)
     assert torch.all(mean == 0) and torch.allclose(std, torch.ones_like(std))
+    steered = actor.shipped().predict(obs, generator=torch.Generator().manual_seed(4))  # what evaluation runs
+    assert torch.allclose(steered, student.predict(obs, generator=torch.Generator().manual_seed(4)), atol=1e-6)
     assert not any(p.requires_grad for p in student.parameters())
 
 
