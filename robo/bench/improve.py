@@ -85,6 +85,9 @@ def run_improve_bench(config: ImproveBenchConfig) -> dict[str, Any]:
         writer = SummaryWriter(str(out / "unio4" / "tb"))
         result = run_unio4(members, data, critic, estimator, ucfg, out / "unio4", writer)
         writer.close()
+        from policies.checkpoint import save_checkpoint
+
+        save_checkpoint(out / "unio4" / "best", result["policy"], {"task": task, "unio4_member": result["best_member"]})
         figures["success_unio4"] = evaluate_true(result["policy"], task, base, out / "unio4" / "eval")
         figures["unio4_best_member"] = result["best_member"]
         (out / "unio4" / "members.json").write_text(json.dumps(result["members"], indent=2))
