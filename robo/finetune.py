@@ -229,7 +229,7 @@ def train_online(config: FinetuneConfig, venv: Any = None,
                             "eval_episodes": config.eval_episodes}, trainer=False)
         bar = tqdm(total=config.env_steps, initial=state["env_steps"], desc=f"ppo {config.method}", unit="step",
                    disable=not config.progress)
-        train_time, train_steps, rollout_time = 0.0, 0, 0.0
+        train_time, train_steps, rollout_time, env_time = 0.0, 0, 0.0, 0.0
         while state["env_steps"] < config.env_steps:
             it = state["iteration"]
             warmup = it < config.value_warmup_iters and not (resuming or config.value_init is not None)
@@ -238,6 +238,7 @@ def train_online(config: FinetuneConfig, venv: Any = None,
             policy.eval()
             rollout = collect_rollout(rollout_state, actor, config.chunks_per_iter, config.gamma, n_exec, generator)
             rollout_time += time.perf_counter() - started
+            env_time += rollout.env_seconds
             adv, ret, v_old = advantages_of(rollout, value, config.gamma, n_exec, 1.0 if warmup else config.gae_lambda)
             policy.train()
             progress = state["env_steps"] / config.env_steps
@@ -283,10 +284,15 @@ def train_online(config: FinetuneConfig, venv: Any = None,
                        ppo_steps_per_s=train_steps / max(train_time, 1e-9) if train_steps else None,
                        # where the time goes: sampling + env stepping vs the PPO update
                        rollout_steps_per_s=train_steps / max(rollout_time, 1e-9) if train_steps else None,
+                       # the same envs' own rate in this run: steps / time inside venv.step (resets included)
+                       sim_steps_per_s=train_steps / max(env_time, 1e-9) if train_steps else None,
                        update_fraction=(train_time - rollout_time) / max(train_time, 1e-9) if train_steps else None,
                        best_dir=str(best_dir), history=state["history"])
         if summary["ppo_steps_per_s"]:
-            summary["steps_per_s_ratio"] = summary["ppo_steps_per_s"] / raw_sps
+            # PPO env steps/s over the simulation's own steps/s in the same run, on the same envs and cores: the
+            # share of wall time the simulator gets. (raw_steps_per_s, a hold-still probe before training, has no
+            # resets and is taken at another moment of a shared machine's load; it is reported beside it.)
+            summary["steps_per_s_ratio"] = summary["ppo_steps_per_s"] / summary["sim_steps_per_s"]
     finally:
         writer.close()
         if own_venv:

@@ -218,7 +218,7 @@ def test_trainer_runs_saves_and_resumes(tmp_path, kind):
     cfg = FinetuneConfig(checkpoint=ckpt, output_dir=tmp_path / "ft", env_steps=64, chunks_per_iter=4, epochs=1,
                          minibatch_size=4, value_warmup_iters=1, eval_episodes=0, progress=False)
     summary = train_online(cfg, venv=toy_venv(2))
-    assert summary["env_steps"] == 64 and summary["iterations"] == 2 and summary["steps_per_s_ratio"] > 0
+    assert summary["env_steps"] == 64 and summary["iterations"] == 2 and 0 < summary["steps_per_s_ratio"] <= 1
     ppo = tmp_path / "ft" / "ppo"
     assert (ppo / "success_curve.png").stat().st_size > 0 and (ppo / "last" / "online_state.pt").exists()
     refined = load_checkpoint(ppo / "best")

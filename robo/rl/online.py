@@ -30,6 +30,7 @@ payoff is that the refined policy ships as an ordinary checkpoint.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -215,6 +216,7 @@ class Rollout:
     terminal: torch.Tensor  # (L, N) the task ended (success): no bootstrap
     episode_end: torch.Tensor  # (L, N) terminal or truncated: the GAE recursion is cut
     env_steps: int  # env steps this rollout took (all envs, holds included)
+    env_seconds: float  # wall time spent inside venv.step (simulation, resets included): the throughput baseline
     episodes: list[tuple[bool, int]]  # (success, length) of every episode that finished
 
 
@@ -258,7 +260,7 @@ def collect_rollout(state: RolloutState, actor: Any, chunks: int, gamma: float, 
     records, logps = [], []
     rewards = np.zeros((chunks, n), np.float32)
     terminal, ended_buf = np.zeros((chunks, n), bool), np.zeros((chunks, n), bool)
-    steps, episodes = 0, []
+    steps, episodes, env_seconds = 0, [], 0.0
     for t in range(chunks):
         obs_in = state.snapshot()
         actions, record, logp = actor.act(obs_in, generator)
@@ -270,7 +272,9 @@ def collect_rollout(state: RolloutState, actor: Any, chunks: int, gamma: float, 
         final_hist = state.snapshot()
         for j in range(n_exec):
             step_actions = np.where(ended[:, None], HOLD_ACTION[None, :executed.shape[-1]], executed[:, j])
+            tick = time.perf_counter()
             obs, reward, term, trunc, info = venv.step(step_actions)
+            env_seconds += time.perf_counter() - tick
             steps += n
             live = ~ended
             rewards[t] += live * (gamma ** j) * np.asarray(reward, np.float32)
@@ -297,7 +301,7 @@ def collect_rollout(state: RolloutState, actor: Any, chunks: int, gamma: float, 
         next_buf.append(nxt)
     stack = lambda bufs: {k: np.stack([b[k] for b in bufs]) for k in state.keys}  # noqa: E731
     return Rollout(stack(obs_buf), stack(next_buf), torch.stack(records), torch.stack(logps),
-                   torch.as_tensor(rewards), torch.as_tensor(terminal), torch.as_tensor(ended_buf), steps, episodes)
+                   torch.as_tensor(rewards), torch.as_tensor(terminal), torch.as_tensor(ended_buf), steps, env_seconds, episodes)
 
 
 # --- update ------------------------------------------------------------------------------------------------------
