@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -105,27 +106,14 @@ class RealSenseNode(_node_base()):  # type: ignore[misc]
 
 
 def main(argv: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from hardware.ros_spin import run_node
 
-    rclpy.init(args=sys.argv if argv is None else argv)
-    try:
-        node = RealSenseNode().start()
-    except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.stop()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    status = run_node(lambda: RealSenseNode().start(), argv, on_stop=lambda node: node.stop())
+    # pyrealsense2 and rclpy both loaded: their native libraries' static destructors crash at interpreter exit
+    # (SIGSEGV). Everything is stopped and shut down by now, so leave without running them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

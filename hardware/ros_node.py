@@ -460,31 +460,13 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
 
 
 def main(argv: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from hardware.ros_spin import run_node
 
-    rclpy.init(args=sys.argv if argv is None else argv)
-    try:
-        node = PolicyNode()
-    except (DeployConfigError, ValueError, RuntimeError) as err:  # bad parameters or checkpoint: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        executor = SingleThreadedExecutor()  # one persistent executor: no per-spin add/remove of the node
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RuntimeError:
-        if rclpy.ok():  # a publish racing the SIGINT shutdown is not an error; anything else is
-            raise
-    finally:
+    def close_recorder(node: PolicyNode) -> None:
         if node.recorder is not None:
             node.recorder.close()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+
+    return run_node(PolicyNode, argv, on_stop=close_recorder)
 
 
 if __name__ == "__main__":

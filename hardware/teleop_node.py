@@ -98,26 +98,9 @@ class TeleopNode(_node_base()):  # type: ignore[misc]
 
 
 def main(argv: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from hardware.ros_spin import run_node
 
-    rclpy.init(args=sys.argv if argv is None else argv)
-    try:
-        node = TeleopNode()
-    except (ValueError, RuntimeError) as err:  # TeleopError (no device / no display) is a RuntimeError
-        print(f"error: {err}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(TeleopNode, argv)  # TeleopError (no device / no display) is a RuntimeError: one line
 
 
 if __name__ == "__main__":

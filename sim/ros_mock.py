@@ -219,29 +219,9 @@ class SimMock(_node_base()):  # type: ignore[misc]
 
 
 def main(argv: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from hardware.ros_spin import run_node
 
-    rclpy.init(args=sys.argv if argv is None else argv)
-    try:
-        node = SimMock()
-    except (ValueError, RuntimeError) as err:  # bad parameters or checkpoint: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        executor = SingleThreadedExecutor()  # one persistent executor: no per-spin add/remove of the node
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RuntimeError:
-        if rclpy.ok():  # a publish racing the SIGINT shutdown is not an error; anything else is
-            raise
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(SimMock, argv)
 
 
 if __name__ == "__main__":
