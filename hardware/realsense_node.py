@@ -13,8 +13,8 @@ what the policy node holds on; the reason is logged once and the reader keeps tr
 from __future__ import annotations
 
 import dataclasses
-import sys
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
