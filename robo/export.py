@@ -41,7 +41,7 @@ class ExportError(ValueError):
 class ExportConfig:
     checkpoint: Path = Path("data/runs/lift_onestep/best")  # checkpoint directory to ship (the gated student)
     output: Path = Path("data/artifacts/lift")  # artifact directory to write (replaced atomically)
-    safety_limits: Path | None = None  # YAML/JSON of SafetyLimits fields (hardware/safety.py) overriding its defaults
+    safety_limits: Path | None = None  # SafetyLimits fields (hardware/safety.py) over its defaults: a plain map, a `safety:` section or a robot's ROS parameter file
     control_rate_hz: float = 0.0  # policy rate on the robot; 0 = the dataset's recording rate (fps)
     gate_report: Path | None = None  # JSON from robo finetune with the student gate's verdict; a failed gate refuses
     stage_results: Path | None = None  # optional JSON list of extra provenance stages ({name, checkpoint, success_rate})
@@ -63,11 +63,7 @@ def resolve_safety_limits(path: Path | None, control_rate_hz: float = 0.0) -> di
     ``path`` as given, or the built-in defaults."""
     given: dict[str, Any] = {}
     if path is not None:
-        given = _read_structured(Path(path))
-        if isinstance(given, dict) and isinstance(given.get("safety"), dict):
-            given = given["safety"]  # a robot YAML with a safety: section
-        if not isinstance(given, dict) or not given:
-            raise ExportError(f"{path} must hold a mapping of safety limits (or a 'safety:' section)")
+        given = _limits_section(_read_structured(Path(path)), Path(path))
     cls = _safety_dataclass()
     if cls is None:
         return given or dict(DEFAULT_SAFETY_LIMITS)
@@ -81,6 +77,40 @@ def resolve_safety_limits(path: Path | None, control_rate_hz: float = 0.0) -> di
         return json.loads(json.dumps(dataclasses.asdict(cls(**given)), default=list))
     except (TypeError, ValueError) as err:
         raise ExportError(f"{path or 'safety limits'}: invalid ({err})") from None
+
+
+# Sections of a ROS 2 parameter file that the policy node reads, in the order it applies them (later wins).
+_ROS_SECTIONS = ("/**", "robo_policy_node", "/robo_policy_node")
+
+
+def _limits_section(raw: Any, path: Path) -> dict[str, Any]:
+    """The safety limits in a plain map, a file with a ``safety:`` section, or a ROS 2 parameter file (the
+    per-robot ``hardware/robots/*_deploy.yaml``: ``/**: ros__parameters: safety: {...}``), so the artifact can be
+    exported with the very file the node will run with."""
+    if isinstance(raw, dict) and any(isinstance(raw.get(name), dict) and "ros__parameters" in raw[name]
+                                     for name in _ROS_SECTIONS):
+        merged: dict[str, Any] = {}
+        for name in _ROS_SECTIONS:
+            if name not in raw:
+                continue
+            params = raw[name].get("ros__parameters") if isinstance(raw[name], dict) else None
+            if not isinstance(params, dict):
+                raise ExportError(f"{path}: '{name}' needs a 'ros__parameters' mapping")
+            safety = params.get("safety") or {}
+            # ROS also accepts dotted names (safety.max_step_pos: 0.02) for nested parameters.
+            dotted = {k[len("safety."):]: v for k, v in params.items() if str(k).startswith("safety.")}
+            if not isinstance(safety, dict):
+                raise ExportError(f"{path}: '{name}: ros__parameters: safety' must be a mapping of limits")
+            merged.update({**safety, **dotted})
+        if not merged:
+            raise ExportError(f"{path} is a ROS parameter file without a 'safety:' section under ros__parameters")
+        return merged
+    if isinstance(raw, dict) and isinstance(raw.get("safety"), dict):
+        raw = raw["safety"]  # a robot YAML with a safety: section
+    if not isinstance(raw, dict) or not raw:
+        raise ExportError(f"{path} must hold a mapping of safety limits, a 'safety:' section, or a ROS parameter "
+                          "file with one under ros__parameters")
+    return raw
 
 
 def _safety_dataclass() -> type | None:

@@ -169,6 +169,31 @@ def test_export_safety_limits_file(tmp_path, chain):
         export(ExportConfig(checkpoint=st, output=tmp_path / "art2", safety_limits=bad))
 
 
+def test_export_reads_the_robots_ros_parameter_file(tmp_path, chain):
+    """The nested `/**: ros__parameters: safety:` layout of hardware/robots/*_deploy.yaml (what the node runs) and a
+    node-named section over it, as ROS applies them."""
+    from pathlib import Path
+
+    from hardware.deploy_config import load_deploy_config
+
+    _, st = chain
+    fr3 = Path(__file__).resolve().parents[1] / "hardware" / "robots" / "fr3_deploy.yaml"
+    manifest = export(ExportConfig(checkpoint=st, output=tmp_path / "art", safety_limits=fr3))
+    node_limits = load_deploy_config(fr3).safety  # the node's own reading of the same file
+    assert manifest["safety_limits"]["max_step_pos"] == node_limits.max_step_pos == 0.02
+    assert manifest["safety_limits"]["workspace_low"] == list(node_limits.workspace_low) == [0.25, -0.45, 0.03]
+    assert manifest["safety_limits"]["joint_upper"] == list(node_limits.joint_upper)
+    layered = tmp_path / "layered.yaml"
+    layered.write_text("/**:\n  ros__parameters:\n    safety:\n      max_step_pos: 0.03\n      max_step_rot: 0.3\n"
+                       "robo_policy_node:\n  ros__parameters:\n    safety.max_step_pos: 0.01\n")
+    limits = export(ExportConfig(checkpoint=st, output=tmp_path / "art2", safety_limits=layered))["safety_limits"]
+    assert limits["max_step_pos"] == 0.01 and limits["max_step_rot"] == 0.3
+    no_safety = tmp_path / "no_safety.yaml"
+    no_safety.write_text("/**:\n  ros__parameters:\n    robot: fr3\n")
+    with pytest.raises(ExportError, match="without a 'safety:' section"):
+        export(ExportConfig(checkpoint=st, output=tmp_path / "art3", safety_limits=no_safety))
+
+
 def test_cli_export_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "robo.cli", "export", "--checkpoint", str(tmp_path / "nope"),
                            "--output", str(tmp_path / "art")], capture_output=True, text=True)
