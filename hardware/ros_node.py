@@ -41,6 +41,7 @@ from hardware.ros_convert import (MessageError, fill_joint_trajectory, fill_pose
                                   stamp_to_sec)
 from hardware.runner import Act, Hold, PolicyRunner, RunnerConfig
 from hardware.safety import MeasuredState, SafeCommand, Watchdog
+from hardware.session_recorder import PROVENANCE_TOPIC
 
 NODE_NAME = "robo_policy_node"
 CLOCK_JUMP_S = 1.0  # a header stamp this far behind the previous one is a clock jump, not a reordered message
@@ -174,9 +175,12 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         self._operator_active = False
         self.recorder = None
         if cfg.record_bag:
-            from hardware.session_recorder import SessionRecorder
+            from hardware.session_recorder import SESSION_TOPIC, SessionRecorder, checkpoint_id, session_description
 
             self.recorder = SessionRecorder(cfg.record_bag)
+            # First in the bag: which topic is which observation key, what the commands mean, which policy ran.
+            info = session_description(cfg, checkpoint_id(cfg.checkpoint, self.manifest))
+            self.recorder.record(SESSION_TOPIC, "std_msgs/msg/String", String(data=json.dumps(info)), time.time_ns())
         self._provenance = self.create_publisher(String, "~/provenance", 10)
         # Reliable keep-last-1 commands: only the newest matters, but it must not be silently dropped.
         cmd_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
@@ -356,8 +360,9 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
             for name in result.command.interventions:
                 self.interventions[name] += 1
         else:
-            self._on_hold(result.reason if isinstance(result, Hold) else "no command", start)
-            self._publish_provenance("hold", ())
+            reason = result.reason if isinstance(result, Hold) else "no command"
+            self._on_hold(reason, start)
+            self._publish_provenance("hold", (), reason)
         elapsed = time.monotonic() - start
         self.loop_s.append(elapsed)
         if elapsed > period:
@@ -393,12 +398,15 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         result = self.runner.filters[0](action, state, min(stamps.values()), now)
         return result if isinstance(result, Hold) else Act(result.action, result)
 
-    def _publish_provenance(self, source: str, interventions: tuple[str, ...]) -> None:
+    def _publish_provenance(self, source: str, interventions: tuple[str, ...], reason: str = "") -> None:
         String = self._msgs[5]
-        msg = String(data=json.dumps({"t": self._decided_at, "source": source, "interventions": list(interventions)}))
+        record = {"t": self._decided_at, "source": source, "interventions": list(interventions)}
+        if reason:
+            record["reason"] = reason  # a hold's cause: the importer ends an episode at a disarm
+        msg = String(data=json.dumps(record))
         self._provenance.publish(msg)
         if self.recorder is not None:
-            self.recorder.record("/robo_policy_node/provenance", "std_msgs/msg/String", msg, time.time_ns())
+            self.recorder.record(PROVENANCE_TOPIC, "std_msgs/msg/String", msg, time.time_ns())
 
     def _on_hold(self, reason: str, now: float) -> None:
         self.holds[re.sub(r"-?\d+(\.\d+)?", "#", reason.split(" (")[0])[:80]] += 1  # counts by kind, not by value
@@ -434,7 +442,11 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         # Grippers take discrete commands: send on change (after hysteresis), and once when a run starts.
         if cmd.gripper != self._last_gripper or dry:
             width = gripper_width(cmd.gripper, cfg.gripper_open_width, cfg.gripper_closed_width)
-            self._pubs[(dry, "gripper")].publish(Float64(data=width))
+            gripper_msg = Float64(data=width)
+            self._pubs[(dry, "gripper")].publish(gripper_msg)
+            if self.recorder is not None:  # the session's gripper actions are these latched commands
+                self.recorder.record(self._pubs[(dry, "gripper")].topic_name, "std_msgs/msg/Float64", gripper_msg,
+                                     time.time_ns())
             self._last_gripper = None if dry else cmd.gripper
         self.counters["proposed" if dry else "commands"] += 1
 

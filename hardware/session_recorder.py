@@ -12,6 +12,48 @@ import threading
 from pathlib import Path
 from typing import Any
 
+# What the node writes besides the messages it receives and publishes: its configuration once at the start (so a
+# bag says which topic is which observation key, what the commands mean and which checkpoint ran) and every
+# control tick's provenance. `robo data import-session` reads both.
+SESSION_TOPIC = "/robo_policy_node/session"
+PROVENANCE_TOPIC = "/robo_policy_node/provenance"
+SESSION_FORMAT = "robo-session"
+SESSION_VERSION = 1
+
+
+def checkpoint_id(path: str | Path, manifest: dict[str, Any] | None = None) -> str | None:
+    """``<dir>#<first 12 hex of its hash>``: a deploy artifact's content hash, a checkpoint's weights hash."""
+    if manifest and manifest.get("content_sha256"):
+        return f"{Path(path).resolve()}#{str(manifest['content_sha256'])[:12]}"
+    try:
+        from policies.checkpoint import read_config
+
+        sha = read_config(Path(path)).get("weights_sha256")
+    except Exception:  # noqa: BLE001 - an id is a label: a checkpoint without one still runs
+        return None
+    return f"{Path(path).resolve()}#{str(sha)[:12]}" if sha else None
+
+
+def session_description(config: Any, ckpt_id: str | None = None) -> dict[str, Any]:
+    """The session record for a ``hardware.deploy_config.DeployConfig``: everything an importer needs to turn the
+    bag's topics back into observation keys and the commands back into training actions."""
+    from hardware.deploy_config import split_mapping
+
+    command = {"pose": config.target_pose_topic, "joint_trajectory": config.joint_trajectory_topic,
+               "twist": config.twist_topic}[config.output]
+    return {"format": SESSION_FORMAT, "version": SESSION_VERSION, "robot": config.robot,
+            "control_hz": float(config.control_hz), "output": config.output, "kinematics": config.kinematics,
+            "joint_names": list(config.joint_names), "gripper_joint_names": list(config.gripper_joint_names),
+            "gripper_open_width": float(config.gripper_open_width),
+            "gripper_closed_width": float(config.gripper_closed_width),
+            "topics": {"joint_states": config.joint_states_topic, "eef_pose": config.eef_pose_topic,
+                       "command": command, "gripper": config.gripper_topic,
+                       "operator_twist": config.operator_twist_topic,
+                       "operator_gripper": config.operator_gripper_topic, "provenance": PROVENANCE_TOPIC},
+            "image_topics": dict(split_mapping(e) for e in config.image_topics),
+            "lowdim_topics": dict(split_mapping(e) for e in config.lowdim_topics),
+            "checkpoint": str(config.checkpoint), "checkpoint_id": ckpt_id}
+
 
 class SessionRecorder:
     """``record(topic, msgtype, msg, stamp_ns)`` from any thread; ``close()`` flushes and finalises the bag."""

@@ -59,8 +59,10 @@ class MockConfig:
 
 
 def command_to_action(kind: str, msg: Any, eef_pos: np.ndarray, eef_quat: np.ndarray, joint_pos: np.ndarray,
-                      dt: float) -> np.ndarray:
-    """The OSC delta (6,) in [-1, 1] that executes one arm command within one step."""
+                      dt: float, joint_names: list[str] | None = None, chain: Any = None) -> np.ndarray:
+    """The OSC delta (6,) in [-1, 1] that executes one arm command within one step. A joint trajectory is read by
+    ``joint_names`` (default the Panda's) through ``chain`` (default Franka); the session importer passes the
+    robot's own."""
     step = np.zeros(6)
     if kind == "pose":
         pos, quat = pose_to_arrays(msg)
@@ -73,8 +75,13 @@ def command_to_action(kind: str, msg: Any, eef_pos: np.ndarray, eef_quat: np.nda
         if not msg.points:
             raise MessageError("JointTrajectory has no points")
         index = {n: i for i, n in enumerate(msg.joint_names)}
-        target = np.array([msg.points[-1].positions[index[f"panda_joint{i + 1}"]] for i in range(7)])
-        now_t, goal_t = FRANKA.forward(joint_pos), FRANKA.forward(target)
+        names = joint_names or [f"panda_joint{i + 1}" for i in range(7)]
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise MessageError(f"JointTrajectory lacks joints {missing[:3]}")
+        target = np.array([msg.points[-1].positions[index[n]] for n in names])
+        chain = chain or FRANKA
+        now_t, goal_t = chain.forward(joint_pos), chain.forward(target)
         step[:3] = goal_t[:3, 3] - now_t[:3, 3]
         step[3:] = rotvec_of(goal_t[:3, :3] @ now_t[:3, :3].T)
     if not np.all(np.isfinite(step)):

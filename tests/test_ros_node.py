@@ -322,6 +322,22 @@ def test_operator_takeover_is_filtered_recorded_and_hands_back(tmp_path):
         topics = {c.topic: c.msgcount for c in reader.connections}
     assert topics["/robo_policy_node/provenance"] >= 20 and topics["/cartesian_impedance_controller/target_pose"] > 0
     assert topics["/operator/twist"] > 0 and topics["/eef_pose"] > 0
+    # The bag imports: the operator's steps are flagged, and each is its 1 cm step along x (action 0.2).
+    from policies.checkpoint import read_config
+    from robo.bench.ros_probe import HOME_POS
+    from robo.data.session_import import import_session
+    from robo.data.store import ZarrDataset
+
+    report = import_session(bag, tmp_path / "session.zarr")
+    with ZarrDataset.open(tmp_path / "session.zarr") as ds:
+        data, info = ds.load(), ds.episodes[0]
+    flagged = data["intervention"]
+    assert report.operator_steps == flagged.sum() > 0 and (~flagged).sum() > 0
+    n = int(flagged.sum())
+    np.testing.assert_allclose(data["action"][flagged, :6], np.tile([0.2, 0, 0, 0, 0, 0], (n, 1)), atol=1e-5)
+    np.testing.assert_allclose(data["eef_pos"][flagged], np.tile(HOME_POS, (n, 1)), atol=1e-6)
+    assert info.source == "deployment"
+    assert info.checkpoint_id == f"{ckpt.resolve()}#{read_config(ckpt)['weights_sha256'][:12]}"
 
 
 def json_source(text):

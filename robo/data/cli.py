@@ -1,5 +1,6 @@
 """``robo data ...`` subcommands: check, repair, info, merge, filter, render, import-dp, import-robomimic
-(alias import-robosuite: robosuite's own demo.hdf5 files import through the same replay)."""
+(alias import-robosuite: robosuite's own demo.hdf5 files import through the same replay), import-session (a
+deployment session bag)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_info)
 
-    sources = ("teleop", "scripted", "policy", "imported")  # = schema.PROVENANCE_SOURCES (not imported: keep startup fast)
+    sources = ("teleop", "scripted", "policy", "imported", "deployment")  # = schema.PROVENANCE_SOURCES (not imported: keep startup fast)
     for name, help_text in (("merge", "copy the episodes of one or more datasets into a new dataset"),
                             ("filter", "copy the episodes of a dataset that pass the filters into a new dataset")):
         p = sub.add_parser(name, help=help_text)
@@ -74,6 +75,17 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     p.set_defaults(func=_import_robomimic)
 
+    from robo.config_cli import add_dataclass_args
+    from robo.data.session_import import SessionImportConfig
+
+    p = sub.add_parser("import-session", help="a deployment session bag (the node's record_bag) into dataset steps "
+                                              "with per-step operator interventions")
+    p.add_argument("bag", type=Path, metavar="BAG", help="the rosbag2 directory the policy node recorded")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="dataset to create, or to append to when its schema matches")
+    add_dataclass_args(p, SessionImportConfig)
+    p.set_defaults(func=_import_session)
+
 
 def _check(args: argparse.Namespace) -> int:
     from robo.data.integrity import check
@@ -117,6 +129,8 @@ def summarize(path: Path) -> dict:
             "sources": sources,
             "obs": {k: f"{list(v.shape)} {v.dtype}" for k, v in ds.schema.obs.items()},
             "action": f"{list(ds.schema.action.shape)} {ds.schema.action.dtype}",
+            **({"step_arrays": {k: f"{list(v.shape)} {v.dtype}" for k, v in ds.schema.step_arrays.items()}}
+               if ds.schema.step_arrays else {}),
             "robot_config": ds.schema.robot_config,
         }
 
@@ -128,7 +142,7 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     width = max(len(k) for k in info)
     for key, value in info.items():
-        if isinstance(value, dict) and key in ("obs", "robot_config", "episode_length", "sources"):
+        if isinstance(value, dict) and key in ("obs", "step_arrays", "robot_config", "episode_length", "sources"):
             print(f"{key:<{width}}")
             for k, v in value.items():
                 print(f"  {k}: {v}")
@@ -185,4 +199,13 @@ def _import_robomimic(args: argparse.Namespace) -> int:
     note = (f"; {clipped} action values outside the controller's input range clipped, as its controller did"
             if clipped else "")
     print(f"imported {n} {origin} demos into {args.output}{note}")
+    return 0
+
+
+def _import_session(args: argparse.Namespace) -> int:
+    from robo.config_cli import dataclass_from_args
+    from robo.data.session_import import SessionImportConfig, import_session
+
+    report = import_session(args.bag, args.output, dataclass_from_args(SessionImportConfig, args))
+    print(report.summary())
     return 0

@@ -25,7 +25,9 @@ STEP_KEYS: dict[str, tuple[tuple[int, ...], str]] = {
 }
 ACTION_KEY = "action"  # Diffusion Policy's name for the action array
 
-PROVENANCE_SOURCES = ("teleop", "scripted", "policy", "imported")
+# deployment: a policy run on the robot (or the sim mock over DDS) imported from its session bag, with the operator's
+# takeovers flagged per step (data/intervention).
+PROVENANCE_SOURCES = ("teleop", "scripted", "policy", "imported", "deployment")
 
 
 class DatasetError(Exception):
@@ -70,17 +72,25 @@ class DatasetSchema:
     task: str  # task name, e.g. "Lift"
     robot_config: dict[str, Any] = field(default_factory=dict)  # robot, controller and its limits, cameras
     schema_version: int = SCHEMA_VERSION
+    # Per-step labels beyond STEP_KEYS that are not observations, so no trainer feeds them to a policy: e.g. a
+    # deployment session's `intervention` (the operator drove this step). Most datasets have none.
+    step_arrays: dict[str, ArraySpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        clash = set(self.obs) & (set(STEP_KEYS) | {ACTION_KEY})
+        reserved = set(STEP_KEYS) | {ACTION_KEY}
+        clash = set(self.obs) & (reserved | set(self.step_arrays))
         if clash:
             raise DatasetError(f"observation keys {sorted(clash)} clash with reserved step keys; rename them")
+        clash = set(self.step_arrays) & reserved
+        if clash:
+            raise DatasetError(f"per-step arrays {sorted(clash)} clash with reserved step keys; rename them")
 
     def array_specs(self) -> dict[str, ArraySpec]:
         """Every ``data/<key>`` array this schema implies."""
         specs = dict(self.obs)
         specs[ACTION_KEY] = self.action
         specs.update({k: ArraySpec(shape, dtype) for k, (shape, dtype) in STEP_KEYS.items()})
+        specs.update(self.step_arrays)
         return specs
 
     def to_json(self) -> dict[str, Any]:
@@ -91,6 +101,8 @@ class DatasetSchema:
             "obs": {k: v.to_json() for k, v in self.obs.items()},
             "action": self.action.to_json(),
             "robot_config": self.robot_config,
+            # Only when present: datasets without extra step arrays keep exactly their old metadata.
+            **({"step_arrays": {k: v.to_json() for k, v in self.step_arrays.items()}} if self.step_arrays else {}),
         }
 
     @classmethod
@@ -108,6 +120,7 @@ class DatasetSchema:
             task=str(data["task"]),
             robot_config=dict(data.get("robot_config", {})),
             schema_version=version,
+            step_arrays={k: ArraySpec.from_json(v) for k, v in data.get("step_arrays", {}).items()},
         )
 
     def mismatch(self, other: DatasetSchema) -> str | None:
@@ -124,6 +137,9 @@ class DatasetSchema:
             return f"fps is {other.fps}, dataset was recorded at {self.fps}"
         if self.task != other.task:
             return f"task is '{other.task}', dataset holds '{self.task}'"
+        if self.step_arrays != other.step_arrays:
+            return (f"per-step arrays differ (dataset has {sorted(self.step_arrays)}, the new data "
+                    f"{sorted(other.step_arrays)})")
         return None
 
     @classmethod
