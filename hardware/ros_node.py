@@ -127,9 +127,13 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         self.runner = PolicyRunner(
             NumpyPolicy(self.policy, cfg.inference_steps), wanted,
             RunnerConfig(n_obs=self.spec.n_obs, n_action_steps=cfg.n_action_steps or self.spec.n_action_steps,
-                         max_obs_age_s=cfg.max_state_age_s, control_dt=cfg.period_s,
+                         max_obs_age_s=cfg.max_state_age_s, control_dt=cfg.period_s, plan_ahead=cfg.plan_ahead,
                          stream_max_age_s={split_mapping(e)[0]: cfg.max_image_age_s for e in cfg.image_topics}),
             safety=cfg.safety, kinematics=kinematics)
+        if cfg.plan_ahead:
+            # The planning thread and the control tick share the GIL; the default 5 ms switch interval would let
+            # a plan in progress delay a tick by up to 5 ms.
+            sys.setswitchinterval(5e-4)
         if not cfg.start_armed:
             self.runner.disarm()
         self.watchdog = Watchdog(cfg.period_s, cfg.safety.watchdog_periods)
@@ -461,7 +465,8 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
                 "loop_ms_p99": round(float(np.percentile(loop, 99)), 3), "loop_ms_max": round(float(loop.max()), 3),
                 "stale_streams": sorted(k for k, a in ages.items() if a > limits[k]), "stream_age_s": ages,
                 "last_hold": self.last_hold, "holds": dict(self.holds), "interventions": dict(self.interventions),
-                "dropped_actions": self.runner.dropped_actions, "operator_active": self._operator_active,
+                "dropped_actions": self.runner.dropped_actions, "late_plans": self.runner.late_plans,
+                "operator_active": self._operator_active,
                 **({"recorded": self.recorder.written, "record_dropped": self.recorder.dropped,
                     "record_error": self.recorder.error}
                    if self.recorder is not None else {}),
@@ -474,11 +479,12 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
 def main(argv: list[str] | None = None) -> int:
     from hardware.ros_spin import run_node
 
-    def close_recorder(node: PolicyNode) -> None:
+    def close(node: PolicyNode) -> None:
+        node.runner.close()
         if node.recorder is not None:
             node.recorder.close()
 
-    return run_node(PolicyNode, argv, on_stop=close_recorder)
+    return run_node(PolicyNode, argv, on_stop=close)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,18 @@ Scheduling: without a clock (simulation steps in lockstep) one action is handed 
 (``now`` given and ``control_dt > 0``) the action for a tick is chosen by time: executed action ``k`` belongs to
 ``t_obs + k * control_dt`` where ``t_obs`` is the newest observation the chunk was planned from, so after a slow
 policy call or a late tick the actions whose time has passed are dropped instead of replayed late.
+
+Planning ahead (``plan_ahead``): the tick that hands out a chunk's last action also starts planning the next chunk
+from the history as it stands, and the next tick starts that chunk at its action 1 (the one for that tick). With a
+clock the policy runs on a worker thread, so no control tick waits for the network unless it is slower than a
+period (then the tick waits, and actions whose time has passed are dropped as above). Without a clock (simulated
+evaluation) the same schedule is emulated exactly, so ``robo eval --plan-ahead`` scores what the node executes:
+each chunk is conditioned on an observation one tick older than when planning in the tick.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,6 +47,7 @@ class RunnerConfig:
     max_obs_age_s: float = 0.25  # hold when any stream is older than this (stale sensors)
     stream_max_age_s: dict[str, float] = field(default_factory=dict)  # per-stream overrides, e.g. a 30 fps camera
     control_dt: float = 0.0  # control period (s) for time-based chunk scheduling; 0 = one action per call
+    plan_ahead: bool = False  # plan the next chunk one tick early, off the control path (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -53,11 +62,15 @@ class PolicyRunner:
     def __init__(self, policy: ChunkPolicy, obs_spec: dict[str, tuple[tuple[int, ...], str]], config: RunnerConfig,
                  batch: int = 1, safety: SafetyLimits | None = None, kinematics: DHChain | None = None):
         self.policy, self.config, self.batch = policy, config, batch
+        if config.plan_ahead and config.n_action_steps < 2:
+            raise ValueError(f"plan_ahead needs at least 2 executed actions per chunk, not {config.n_action_steps}")
         self.obs_spec = {k: (tuple(shape), str(dtype)) for k, (shape, dtype) in obs_spec.items()}
         # One filter per environment: the gripper latch and arm state are per arm.
         self.filters = [SafetyFilter(safety, kinematics) for _ in range(batch)] if safety is not None else None
         self.last_commands: list[SafeCommand] = []
         self.dropped_actions = 0  # actions skipped because their time had passed (clocked scheduling)
+        self.late_plans = 0  # plan_ahead: ticks that had to wait for the worker (the policy was slower than a period)
+        self._worker: ThreadPoolExecutor | None = None
         self.reset()
 
     def reset(self, env_index: int | None = None) -> None:
@@ -75,6 +88,8 @@ class PolicyRunner:
                                                armed=self.filters[i].armed)
         self._cursor = np.full(self.batch, self.config.n_action_steps, dtype=int)  # forces a replan
         self._chunk_t0: float | None = None
+        # A plan in flight was made from a history that no longer holds: forget it (its thread just finishes).
+        self._pending: tuple[Future, float | None] | None = None
 
     def validate(self, obs: dict[str, np.ndarray]) -> str | None:
         """One line naming what is wrong with a batch of observations, or None."""
@@ -132,8 +147,14 @@ class PolicyRunner:
             index = int(np.floor((now - self._chunk_t0) / self.config.control_dt + 1e-9))
             self.dropped_actions += max(0, min(index, self.config.n_action_steps) - int(self._cursor[0]))
             self._cursor[:] = max(index, int(self._cursor[0]))
-        if self._queue is None or np.any(self._cursor >= self.config.n_action_steps):
-            self._replan()
+        exhausted = self._queue is None or np.any(self._cursor >= self.config.n_action_steps)
+        if exhausted and self._pending is not None:
+            late = self._adopt(now if clocked else None)
+            if late is not None:
+                return late
+        elif exhausted:
+            self._queue = self._plan()
+            self._cursor[:] = 0
             if clocked:
                 self._chunk_t0 = self._newest_stamp(now, stamps)
                 index = int(np.floor((now - self._chunk_t0) / self.config.control_dt + 1e-9))
@@ -143,6 +164,8 @@ class PolicyRunner:
                 self._cursor[:] = index
         actions = self._queue[np.arange(self.batch), self._cursor]
         self._cursor += 1
+        if self.config.plan_ahead and self._pending is None and np.all(self._cursor >= self.config.n_action_steps):
+            self._plan_next(now if clocked else None, stamps)
         if self.filters is None:
             return actions
         return self._filter(actions, obs, now, stamps)
@@ -168,15 +191,52 @@ class PolicyRunner:
         self.last_commands = commands
         return np.stack([c.action for c in commands]).astype(actions.dtype)
 
-    def _replan(self) -> None:
-        chunk = np.asarray(self.policy.predict({k: v.copy() for k, v in self._history.items()}))
+    def _plan(self, history: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """The executed part (batch, n_action_steps, A) of the chunk the policy predicts from ``history``."""
+        history = {k: v.copy() for k, v in self._history.items()} if history is None else history
+        chunk = np.asarray(self.policy.predict(history))
         start = self.config.n_obs - 1
         executed = chunk[:, start:start + self.config.n_action_steps]
         if executed.shape[1] < self.config.n_action_steps:
             raise ValueError(f"policy horizon {chunk.shape[1]} is too short to execute {self.config.n_action_steps} "
                              f"actions after {self.config.n_obs} observations")
-        self._queue = executed
-        self._cursor[:] = 0
+        return executed
+
+    def _plan_next(self, now: float | None, stamps: dict[str, Any] | np.ndarray | None) -> None:
+        """Start planning the next chunk from the history as it is now (plan_ahead)."""
+        history = {k: v.copy() for k, v in self._history.items()}
+        if now is None:  # lockstep: the same schedule, computed at once
+            future: Future = Future()
+            future.set_result(self._plan(history))
+            self._pending = (future, None)
+            return
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy_plan")
+        self._pending = (self._worker.submit(self._plan, history), self._newest_stamp(now, stamps))
+
+    def _adopt(self, now: float | None) -> Hold | None:
+        """Switch to the planned-ahead chunk at the action for this tick (its action 1 when on time)."""
+        future, planned_at = self._pending
+        self._pending = None
+        if not future.done():
+            self.late_plans += 1
+        self._queue = future.result()  # waits only when the policy was slower than a control period
+        if now is None or planned_at is None:
+            self._cursor[:] = 1
+            return None
+        self._chunk_t0 = planned_at
+        index = int(np.floor((now - planned_at) / self.config.control_dt + 1e-9))
+        if index >= self.config.n_action_steps:
+            return Hold(f"the policy took longer than the {self.config.n_action_steps} actions it planned")
+        self.dropped_actions += max(0, index - 1)  # action 0 belongs to the tick that planned it, by design
+        self._cursor[:] = index
+        return None
+
+    def close(self) -> None:
+        """Stop the planning worker (the node calls this at shutdown)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
 
     def act(self, observation: dict[str, np.ndarray], now: float | None = None,
             stamp: float | dict[str, float] | None = None) -> Act | Hold:

@@ -38,6 +38,7 @@ class EvalConfig:
     seed: int = EVAL_SEED_OFFSET  # seed of the first episode (episode i uses seed + i)
     num_envs: int = 2  # sub-process environments stepping in lockstep
     n_action_steps: int = 0  # actions executed per chunk; 0 = the checkpoint's value
+    plan_ahead: bool = False  # the ROS node's schedule: each chunk planned one step early (hardware/runner.py)
     inference_steps: int = 0  # denoising steps for diffusion/consistency policies; 0 = the policy's default
     scheduler: str = ""  # diffusion only: "ddim" (default) or "ddpm"
     cameras: tuple[str, ...] = ()  # sim cameras; empty = those the policy's observation keys need
@@ -126,7 +127,8 @@ def evaluate_policy(policy: Any, config: EvalConfig) -> dict[str, Any]:
         obs_space = venv.single_observation_space
         check_against(policy, {k: (obs_space[k].shape, str(obs_space[k].dtype)) for k in obs_space.spaces},
                       venv.single_action_space.shape[0])
-        runner_cfg = RunnerConfig(n_obs=spec.n_obs, n_action_steps=config.n_action_steps or spec.n_action_steps)
+        runner_cfg = RunnerConfig(n_obs=spec.n_obs, n_action_steps=config.n_action_steps or spec.n_action_steps,
+                                  plan_ahead=config.plan_ahead)
         adapter = _PolicyAdapter(policy, config.inference_steps, config.scheduler)
         # The deployed safety filter, with the sim's world-frame workspace: what is evaluated is what is deployed.
         from hardware.kinematics import FRANKA

@@ -127,3 +127,65 @@ def test_safety_filter_bounds_runner_output_per_env():
     assert "workspace" in runner.last_commands[0].interventions and "workspace" not in runner.last_commands[1].interventions
     runner.disarm()
     assert isinstance(runner.act_batch(batch_obs), Hold)
+
+
+# ---------------------------------------------------------------------------------------------- plan ahead
+class SlowEcho(EchoChunkPolicy):
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def predict(self, obs):
+        import time
+
+        time.sleep(self.seconds)
+        return super().predict(obs)
+
+
+def test_plan_ahead_in_lockstep_plans_from_the_last_actions_tick_and_starts_at_action_1():
+    policy = EchoChunkPolicy()
+    runner = PolicyRunner(policy, SPEC, RunnerConfig(n_obs=2, n_action_steps=4, plan_ahead=True))
+    got = [runner.act(obs(float(x))).action[0] for x in (1, 2, 3, 4, 5, 6)]
+    # Chunk 1 from x=1 (executed indices 0..3 = chunk 1..4); the 4th call also plans from x=4; the 5th call
+    # starts that chunk at executed index 1 (chunk index 2).
+    assert got == [101, 102, 103, 104, 402, 403]
+    assert policy.calls == 2
+    # Without plan_ahead the second chunk comes from x=5, planned in the 5th call.
+    plain = PolicyRunner(EchoChunkPolicy(), SPEC, RunnerConfig(n_obs=2, n_action_steps=4))
+    assert [plain.act(obs(float(x))).action[0] for x in (1, 2, 3, 4, 5, 6)] == [101, 102, 103, 104, 501, 502]
+
+
+def test_plan_ahead_with_a_clock_keeps_the_policy_off_the_control_tick():
+    import time
+
+    policy = SlowEcho(0.15)
+    runner = PolicyRunner(policy, SPEC, RunnerConfig(n_obs=2, n_action_steps=3, control_dt=0.1, plan_ahead=True))
+    try:
+        assert runner.act(obs(1.0), now=0.0, stamp=0.0).action[0] == 101  # the first chunk is planned in the tick
+        assert runner.act(obs(2.0), now=0.1, stamp=0.1).action[0] == 102
+        start = time.perf_counter()
+        assert runner.act(obs(3.0), now=0.2, stamp=0.2).action[0] == 103  # last action; planning starts (from x=3)
+        assert time.perf_counter() - start < 0.1, "the tick waited for the policy"
+        time.sleep(0.2)  # the plan finishes meanwhile
+        start = time.perf_counter()
+        assert runner.act(obs(4.0), now=0.3, stamp=0.3).action[0] == 302  # its action for t=0.3 is executed index 1
+        assert time.perf_counter() - start < 0.1 and runner.late_plans == 0 and runner.dropped_actions == 0
+        # Same schedule as the lockstep emulation that robo eval --plan-ahead runs.
+        lockstep = PolicyRunner(EchoChunkPolicy(), SPEC, RunnerConfig(n_obs=2, n_action_steps=3, plan_ahead=True))
+        assert [lockstep.act(obs(float(x))).action[0] for x in (1, 2, 3, 4)] == [101, 102, 103, 302]
+        # A plan slower than the period: the tick waits for it and counts it.
+        runner.act(obs(5.0), now=0.4, stamp=0.4)  # executed index 2, the last: plans from x=5
+        assert runner.act(obs(6.0), now=0.5, stamp=0.5).action[0] == 502 and runner.late_plans == 1
+    finally:
+        runner.close()
+
+
+def test_plan_ahead_is_forgotten_on_reset_and_refused_for_single_action_chunks():
+    policy = EchoChunkPolicy()
+    runner = PolicyRunner(policy, SPEC, RunnerConfig(n_obs=2, n_action_steps=2, plan_ahead=True))
+    runner.act(obs(1.0))
+    runner.act(obs(2.0))  # plans ahead from x=2
+    runner.reset()
+    assert runner.act(obs(9.0)).action[0] == 901  # a fresh plan from the new episode, not the stale one
+    with pytest.raises(ValueError, match="at least 2"):
+        PolicyRunner(policy, SPEC, RunnerConfig(n_obs=2, n_action_steps=1, plan_ahead=True))

@@ -18,6 +18,7 @@ checkpoints and loaded by the node through the normal loader.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -26,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from robo.bench.common import print_json_line, print_table
-from robo.bench.ros_probe import (CAMERAS, HOME_POS, HOME_QUAT, LOWDIM, REPO, SIM_PARAMS, Probe, RosProcess,
-                                  time_msg, fresh_checkpoint, unsafe_commands, wait_for)
+from robo.bench.ros_probe import (CAMERAS, HOME_POS, HOME_QUAT, LOWDIM, MOCK_PARAMS, REPO, SIM_PARAMS, Probe,
+                                  RosProcess, time_msg, fresh_checkpoint, unsafe_commands, wait_for)
 
 __all__ = ["CAMERAS", "LOWDIM", "NodeBenchConfig", "Probe", "REPO", "fresh_checkpoint", "run_node_bench",
            "unsafe_commands", "wait_for"]
@@ -40,21 +42,27 @@ class NodeBenchConfig:
     seconds: float = 10.0  # measured seconds per latency configuration
     state_hz: float = 500.0  # rate of the probe's joint state / pose (bounds the wait for a tick)
     fuzz_messages: int = 100_000  # malformed / NaN / out-of-range / stale / out-of-order messages
-    minutes: float = 0.0  # soak: run node + probe this long at 100 Hz instead (0 = no soak)
+    minutes: float = 0.0  # soak: run the node this long at 100 Hz instead (0 = no soak)
+    soak_peer: str = "sim"  # soak against: sim = the MuJoCo sim mock at 100 Hz (as deployed); probe = synthetic state
     cameras: bool = True  # also time the 20 Hz configuration with two 84x84 cameras
     startup_timeout_s: float = 120.0  # how long to wait for the node's first command
     frame_cache: bool = True  # also time a two-camera policy with and without the encoder's frame-feature cache
+    plan_ahead: bool = True  # the node plans each chunk one tick early on a worker thread (its default)
 
 
 # --------------------------------------------------------------------------------------------- measurements
 class NodeUnderTest:
-    """A policy node process on a fresh checkpoint plus the probe that talks to it."""
+    """A policy node process on a fresh checkpoint plus the probe that talks to it; with ``sim_peer`` the MuJoCo sim
+    mock (its own process, stepping at the node's rate) plays the robot instead and the probe only listens."""
 
-    def __init__(self, workdir: Path, name: str, rate: float, obs_spec: dict[str, Any], image_keys: tuple[str, ...]):
+    def __init__(self, workdir: Path, name: str, rate: float, obs_spec: dict[str, Any], image_keys: tuple[str, ...],
+                 sim_peer: bool = False, plan_ahead: bool = True):
         self.rate = rate
+        self.mock = (RosProcess("sim.ros_mock", MOCK_PARAMS, {"control_hz": float(rate)}, workdir / f"{name}_mock.log")
+                     if sim_peer else None)
         ckpt = fresh_checkpoint(workdir / f"{name}_ckpt", obs_spec)
         overrides = {"checkpoint": str(ckpt), "control_hz": float(rate), "safety.control_dt": 1.0 / rate,
-                     "start_armed": True,
+                     "start_armed": True, "plan_ahead": plan_ahead,
                      "image_topics": [f"{k}=/camera/{k.rsplit('_', 1)[0]}/color/image_raw" for k in image_keys]}
         self.probe = Probe(image_keys)
         self.proc = RosProcess("hardware.ros_node", SIM_PARAMS, overrides, workdir / f"{name}.log")
@@ -72,12 +80,16 @@ class NodeUnderTest:
                 self.probe.publish_images(self.rng)
             if self.proc.proc.poll() is not None:
                 raise RuntimeError(f"the policy node exited: {self.proc.log()[-500:]}")
+            if self.mock is not None and self.mock.proc.poll() is not None:
+                raise RuntimeError(f"the sim mock exited: {self.mock.log()[-500:]}")
             return bool(self.probe.commands)
 
         if not wait_for(first_command, timeout_s, step_s=0.02):
             raise RuntimeError(f"no command from the node within {timeout_s:.0f} s; its log: {self.proc.log()[-500:]}")
 
     def publish_valid(self) -> None:
+        if self.mock is not None:  # the sim mock publishes the state
+            return
         self.seq += 1
         self.probe.publish_state(self.seq)
 
@@ -88,6 +100,8 @@ class NodeUnderTest:
 
     def stop(self) -> None:
         self.proc.stop()
+        if self.mock is not None:
+            self.mock.stop()
         self.probe.close()
 
 
@@ -252,34 +266,58 @@ def measure_frame_cache(calls: int = 40) -> dict[str, float]:
 
 
 def soak(nut: NodeUnderTest, minutes: float) -> dict[str, Any]:
-    """Node + probe at the node's rate for ``minutes``: deadline drift (missed per window) and resident memory."""
+    """The node at its rate for ``minutes`` (against the sim mock or the probe's state): deadline drift (missed
+    deadlines and ticks per second, first third against last third of the run) and resident memory of every
+    process involved (node, sim mock, this probe)."""
     t0 = time.monotonic()
-    samples = []
+    samples = []  # (t, node rss, mock rss, probe rss, missed, ticks, loop p99, episodes)
     next_state, next_sample = t0, t0 + 10.0
-    while time.monotonic() - t0 < minutes * 60:
-        if time.monotonic() >= next_state:
-            nut.publish_valid()
-            next_state += 1.0 / 200.0
-        if time.monotonic() >= next_sample:
-            d = nut.probe.diagnostics[-1] if nut.probe.diagnostics else {}
-            samples.append((time.monotonic() - t0, nut.proc.rss_mb(), d.get("missed_deadlines", 0), d.get("ticks", 0)))
-            next_sample += 10.0
-            nut.probe.commands.clear()  # keep the probe's memory flat too
-            nut.probe.sent.clear()
-        time.sleep(max(0.0, next_state - time.monotonic()))
-    rss = np.array([s[1] for s in samples])
-    first = rss[: max(1, len(rss) // 10)].mean()
-    # Drift: missed deadlines per minute in the first and the last third of the run.
-    t, missed = np.array([s[0] for s in samples]), np.array([s[2] for s in samples], float)
-    third = max(1, len(samples) // 3)
+    with tqdm(total=int(minutes * 60), desc="soak", unit="s", disable=not sys.stderr.isatty()) as bar:
+        while time.monotonic() - t0 < minutes * 60:
+            if time.monotonic() >= next_state:
+                nut.publish_valid()
+                next_state += 1.0 / 200.0
+            if time.monotonic() >= next_sample:
+                d = nut.probe.diagnostics[-1] if nut.probe.diagnostics else {}
+                samples.append((time.monotonic() - t0, nut.proc.rss_mb(), nut.mock.rss_mb() if nut.mock else 0.0,
+                                _own_rss_mb(), d.get("missed_deadlines", 0) + d.get("overruns", 0), d.get("ticks", 0),
+                                d.get("loop_ms_p99", float("nan")), len(nut.probe.episodes)))
+                next_sample += 10.0
+                for kept in (nut.probe.commands, nut.probe.sent, nut.probe.poses):
+                    kept.clear()  # keep the probe's own memory flat: it is measured too
+                del nut.probe.diagnostics[:-1]
+                bar.update(10)
+            time.sleep(max(0.0, min(next_state, next_sample) - time.monotonic()))
+    if len(samples) < 4:
+        raise ValueError(f"a soak needs at least 4 samples (10 s apart), got {len(samples)}; pass --minutes 0.7 or more")
+    cols = np.array(samples, float)
+    t, missed, ticks = cols[:, 0], cols[:, 4], cols[:, 5]
+    third = max(2, len(samples) // 3)  # rates need two samples per part
+    first, last = slice(0, third), slice(len(samples) - third, len(samples))
 
-    def rate(a: int, b: int) -> float:
-        return float((missed[b] - missed[a]) / max(1e-9, t[b] - t[a]) * 60) if b > a else 0.0
+    def per_s(values: np.ndarray, part: slice) -> float:
+        a, b = part.start, part.stop - 1
+        return float((values[b] - values[a]) / max(1e-9, t[b] - t[a])) if b > a else 0.0
 
-    return {"minutes": minutes, "rss_first_mb": float(first), "rss_last_mb": float(rss[-1]),
-            "rss_growth_percent": float((rss[-1] - first) / first * 100), "missed": int(samples[-1][2]),
-            "ticks": int(samples[-1][3]), "missed_per_min_first": rate(0, third - 1 if third > 1 else 0),
-            "missed_per_min_last": rate(len(samples) - third, len(samples) - 1)}
+    def growth(column: int) -> tuple[float, float, float]:
+        start = cols[:max(1, len(cols) // 10), column].mean()  # after warm-up allocations settle
+        return float(start), float(cols[-1, column]), float((cols[-1, column] - start) / max(start, 1e-9) * 100)
+
+    node_mem, mock_mem, probe_mem = growth(1), growth(2), growth(3)
+    return {"minutes": minutes, "rss_first_mb": node_mem[0], "rss_last_mb": node_mem[1],
+            "rss_growth_percent": node_mem[2], "mock_rss_first_mb": mock_mem[0], "mock_rss_last_mb": mock_mem[1],
+            "mock_rss_growth_percent": mock_mem[2] if nut.mock else None, "probe_rss_growth_percent": probe_mem[2],
+            "missed": int(missed[-1]), "ticks": int(ticks[-1]), "episodes": int(cols[-1, 7]),
+            "missed_per_min_first": per_s(missed, first) * 60, "missed_per_min_last": per_s(missed, last) * 60,
+            "ticks_per_s_first": per_s(ticks, first), "ticks_per_s_last": per_s(ticks, last),
+            "loop_p99_ms_first": float(np.nanmedian(cols[first, 6])), "loop_p99_ms_last": float(np.nanmedian(cols[last, 6]))}
+
+
+def _own_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def run_node_bench(config: NodeBenchConfig) -> dict[str, Any]:
@@ -289,23 +327,34 @@ def run_node_bench(config: NodeBenchConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="robo_bench_node_") as tmp:
         work = Path(tmp)
         if config.minutes > 0:
-            nut = NodeUnderTest(work, "soak", 100.0, LOWDIM, ())
+            if config.soak_peer not in ("sim", "probe"):
+                raise ValueError(f"--soak-peer must be sim or probe, not {config.soak_peer!r}")
+            nut = NodeUnderTest(work, "soak", 100.0, LOWDIM, (), sim_peer=config.soak_peer == "sim",
+                                plan_ahead=config.plan_ahead)
             try:
                 nut.start(config.startup_timeout_s)
                 result = soak(nut, config.minutes)
             finally:
                 nut.stop()
-            rows += [("soak minutes at 100 Hz", f"{result['minutes']:.1f}", f"{result['ticks']} ticks"),
-                     ("resident memory growth", f"{result['rss_growth_percent']:+.1f} %",
+            peer = "MuJoCo sim mock at 100 Hz" if nut.mock else "probe state at 200 Hz"
+            rows += [("soak minutes at 100 Hz", f"{result['minutes']:.1f}",
+                      f"{result['ticks']} ticks against the {peer}, {result['episodes']} episodes"),
+                     ("node resident memory", f"{result['rss_growth_percent']:+.1f} %",
                       f"{result['rss_first_mb']:.0f} -> {result['rss_last_mb']:.0f} MB"),
+                     ("ticks per second", f"{result['ticks_per_s_first']:.2f} -> {result['ticks_per_s_last']:.2f}",
+                      "first third -> last third"),
                      ("missed deadlines", str(result["missed"]),
                       f"per minute: first third {result['missed_per_min_first']:.1f}, "
-                      f"last third {result['missed_per_min_last']:.1f}")]
+                      f"last third {result['missed_per_min_last']:.1f}"),
+                     ("node loop p99", f"{result['loop_p99_ms_first']:.2f} -> {result['loop_p99_ms_last']:.2f} ms",
+                      "median of the diagnostics' p99, first third -> last third")]
+            if nut.mock:
+                rows.append(("sim mock resident memory", f"{result['mock_rss_growth_percent']:+.1f} %",
+                             f"{result['mock_rss_first_mb']:.0f} -> {result['mock_rss_last_mb']:.0f} MB"))
             print_table("robo bench node --minutes (policy node soak through DDS)", rows)
-            figures = {"soak_minutes": result["minutes"], "rss_growth_percent": result["rss_growth_percent"],
-                       "missed": result["missed"], "missed_per_min_first": result["missed_per_min_first"],
-                       "missed_per_min_last": result["missed_per_min_last"], "p50_ms": None, "p99_ms": None, "unsafe_published": 0,
-                       "fuzz_messages": 0, "cpu_percent": None}
+            figures = {"soak_minutes": result["minutes"], "soak_peer": config.soak_peer,
+                       **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items() if k != "minutes"},
+                       "p50_ms": None, "p99_ms": None, "unsafe_published": 0, "fuzz_messages": 0, "cpu_percent": None}
             print_json_line(figures)
             return figures
         runs = [("lowdim_50hz", 50.0, LOWDIM, ()), ("lowdim_100hz", 100.0, LOWDIM, ())]
@@ -315,7 +364,7 @@ def run_node_bench(config: NodeBenchConfig) -> dict[str, Any]:
             runs = []
         results, fuzz_result = {}, None
         for name, rate, spec, images in runs:
-            nut = NodeUnderTest(work, name, rate, spec, images)
+            nut = NodeUnderTest(work, name, rate, spec, images, plan_ahead=config.plan_ahead)
             try:
                 nut.start(config.startup_timeout_s)
                 results[name] = measure_latency(nut, config.seconds, config.state_hz)

@@ -18,6 +18,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 SIM_PARAMS = REPO / "hardware" / "robots" / "sim_panda_deploy.yaml"
+MOCK_PARAMS = REPO / "launch" / "params" / "sim_mock.yaml"
 LOWDIM = {"eef_pos": ((3,), "float32"), "eef_quat": ((4,), "float32"), "gripper_qpos": ((2,), "float32"),
           "object_state": ((10,), "float32")}
 CAMERAS = {"agentview_rgb": ((84, 84, 3), "uint8"), "eye_in_hand_rgb": ((84, 84, 3), "uint8")}
