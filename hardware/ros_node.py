@@ -4,9 +4,10 @@
 
 Design against what hurts deployed learned policies:
 
-* Jitter from work in the control path: subscription callbacks only store the latest stamped message (one dict
-  write); one control-rate timer on one persistent single-threaded executor does everything else: staleness,
-  conversion, the policy call, the safety filter, publishing.
+* Jitter from work in the control path: one control-rate timer on one persistent single-threaded executor does
+  everything: it drains the sensor subscriptions itself (no per-message callbacks between ticks:
+  hardware/ros_inputs.py), then staleness, conversion, the safety filter and publishing. The policy plans each
+  chunk one tick early on a worker thread (``plan_ahead``), so no tick waits for the network.
 * Silent stale sensors: every stream is aged against its own limit by the earlier of its local receipt time and
   its header stamp (``header_stamp_age``; a message delivered late from a backlog is as old as its stamp);
   out-of-order messages (older header stamp) are dropped and counted; a backwards jump of more than a second is a
@@ -39,6 +40,7 @@ from hardware.kinematics import chain_by_name
 from hardware.ros_convert import (MessageError, fill_joint_trajectory, fill_pose, fill_twist, float_array,
                                   gripper_width, image_to_numpy, pose_to_arrays, resize_nearest, sec_to_stamp,
                                   stamp_to_sec)
+from hardware.ros_inputs import PolledInputs
 from hardware.runner import Act, Hold, PolicyRunner, RunnerConfig
 from hardware.safety import MeasuredState, SafeCommand, Watchdog
 from hardware.session_recorder import PROVENANCE_TOPIC
@@ -129,7 +131,7 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
             RunnerConfig(n_obs=self.spec.n_obs, n_action_steps=cfg.n_action_steps or self.spec.n_action_steps,
                          max_obs_age_s=cfg.max_state_age_s, control_dt=cfg.period_s, plan_ahead=cfg.plan_ahead,
                          stream_max_age_s={split_mapping(e)[0]: cfg.max_image_age_s for e in cfg.image_topics}),
-            safety=cfg.safety, kinematics=kinematics)
+            safety=cfg.safety, kinematics=kinematics, clock=time.monotonic)
         if cfg.plan_ahead:
             # The planning thread and the control tick share the GIL; the default 5 ms switch interval would let
             # a plan in progress delay a tick by up to 5 ms.
@@ -159,23 +161,24 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         self._stamp_cls = Time
 
         sensor = qos_profile_sensor_data  # best effort matches both best-effort and reliable publishers
-        self.create_subscription(JointState, cfg.joint_states_topic, self._on_joints, sensor)
-        self.create_subscription(PoseStamped, cfg.eef_pose_topic, lambda m: self._store("eef_pose", m), sensor)
+        # Drained by the control tick itself, not by callbacks between ticks (hardware/ros_inputs.py).
+        self.inputs = PolledInputs(self)
+        self.inputs.add(JointState, cfg.joint_states_topic, sensor, self._on_joints)
+        self.inputs.add(PoseStamped, cfg.eef_pose_topic, sensor, lambda m, t: self._store("eef_pose", m, t))
         self._image_keys = {}
         for entry in cfg.image_topics:
             key, topic = split_mapping(entry)
             self._image_keys[key] = topic
-            self.create_subscription(Image, topic, lambda m, k=key: self._store(k, m), sensor)
+            self.inputs.add(Image, topic, sensor, lambda m, t, k=key: self._store(k, m, t))
         self._lowdim_keys = {}
         for entry in cfg.lowdim_topics:
             key, topic = split_mapping(entry)
             self._lowdim_keys[key] = topic
-            self.create_subscription(Float32MultiArray, topic, lambda m, k=key: self._store(k, m, stamped=False),
-                                     sensor)
+            self.inputs.add(Float32MultiArray, topic, sensor, lambda m, t, k=key: self._store(k, m, t, stamped=False))
         # Operator takeover: a teleop device's twist (and gripper) replaces the policy while it keeps coming.
-        self.create_subscription(TwistStamped, cfg.operator_twist_topic, lambda m: self._store("operator", m), sensor)
-        self.create_subscription(Float64, cfg.operator_gripper_topic,
-                                 lambda m: self._store("operator_gripper", m, stamped=False), sensor)
+        self.inputs.add(TwistStamped, cfg.operator_twist_topic, sensor, lambda m, t: self._store("operator", m, t))
+        self.inputs.add(Float64, cfg.operator_gripper_topic, sensor,
+                        lambda m, t: self._store("operator_gripper", m, t, stamped=False))
         self._operator_active = False
         self.recorder = None
         if cfg.record_bag:
@@ -224,7 +227,7 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
                 values[name] = float(values[name])
         return from_flat(values)
 
-    # ----------------------------------------------------------------------------------------- callbacks
+    # ----------------------------------------------------------------------------------------- inputs
     def _accept_stamp(self, stream: str, stamp: float) -> bool:
         previous = self._last_stamp.get(stream)
         if previous is not None and stamp < previous:
@@ -236,19 +239,18 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         self._last_stamp[stream] = stamp
         return True
 
-    def _observed_at(self, stamp: float | None) -> float:
+    def _observed_at(self, stamp: float | None, received: float) -> float:
         """When a message's content was observed, on the local monotonic clock: its receipt time, or its header
         stamp if earlier (a message that sat in a DDS backlog is as old as its stamp, not its delivery)."""
-        now = time.monotonic()
         if stamp is None or stamp <= 0 or not self.config.header_stamp_age:
-            return now
-        return min(now, stamp - (time.time() - now))
+            return received
+        return min(received, stamp - (time.time() - time.monotonic()))
 
-    def _store(self, stream: str, msg: Any, stamped: bool = True) -> None:
+    def _store(self, stream: str, msg: Any, received: float, stamped: bool = True) -> None:
         stamp = stamp_to_sec(msg.header.stamp) if stamped else None
         if stamp is not None and not self._accept_stamp(stream, stamp):
             return
-        self._latest[stream] = (msg, self._observed_at(stamp))
+        self._latest[stream] = (msg, self._observed_at(stamp, received))
         if self.recorder is not None:
             self._record(stream, msg)
 
@@ -261,11 +263,11 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         module = type(msg).__module__.split(".")[0]  # e.g. geometry_msgs
         self.recorder.record(topic, f"{module}/msg/{type(msg).__name__}", msg, time.time_ns())
 
-    def _on_joints(self, msg: Any) -> None:
+    def _on_joints(self, msg: Any, received: float) -> None:
         stamp = stamp_to_sec(msg.header.stamp)
         if not self._accept_stamp("joint_states:" + ",".join(msg.name[:1]), stamp):
             return
-        now = self._observed_at(stamp)
+        now = self._observed_at(stamp, received)
         if self.recorder is not None:
             self._record("joint_states", msg)
         if len(msg.position) != len(msg.name):
@@ -343,6 +345,7 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
             self.counters["missed_deadlines"] += max(0, int(round((start - self._last_tick) / period)) - 1)
         self._last_tick = start
         self.counters["ticks"] += 1
+        self.counters["messages"] += self.inputs.drain()
         try:
             obs, stamps, state, frame = self.observation()
             # The frame travels with the state: a watchdog hold later uses both from the same message.
@@ -481,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def close(node: PolicyNode) -> None:
         node.runner.close()
+        node.inputs.destroy()
         if node.recorder is not None:
             node.recorder.close()
 

@@ -16,8 +16,9 @@ policy call or a late tick the actions whose time has passed are dropped instead
 
 Planning ahead (``plan_ahead``): the tick that hands out a chunk's last action also starts planning the next chunk
 from the history as it stands, and the next tick starts that chunk at its action 1 (the one for that tick). With a
-clock the policy runs on a worker thread, so no control tick waits for the network unless it is slower than a
-period (then the tick waits, and actions whose time has passed are dropped as above). Without a clock (simulated
+clock the policy runs on a worker thread, so no control tick waits for the network: if a plan is still running
+when its chunk is due (the policy is slower than a period), the tick holds, and once it arrives the actions whose
+time has passed are dropped as above. Without a clock (simulated
 evaluation) the same schedule is emulated exactly, so ``robo eval --plan-ahead`` scores what the node executes:
 each chunk is conditioned on an observation one tick older than when planning in the tick.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -60,7 +62,8 @@ class PolicyRunner:
     """Runs a chunk-predicting policy for ``batch`` environments that step together."""
 
     def __init__(self, policy: ChunkPolicy, obs_spec: dict[str, tuple[tuple[int, ...], str]], config: RunnerConfig,
-                 batch: int = 1, safety: SafetyLimits | None = None, kinematics: DHChain | None = None):
+                 batch: int = 1, safety: SafetyLimits | None = None, kinematics: DHChain | None = None,
+                 clock: Callable[[], float] | None = None):
         self.policy, self.config, self.batch = policy, config, batch
         if config.plan_ahead and config.n_action_steps < 2:
             raise ValueError(f"plan_ahead needs at least 2 executed actions per chunk, not {config.n_action_steps}")
@@ -69,8 +72,11 @@ class PolicyRunner:
         self.filters = [SafetyFilter(safety, kinematics) for _ in range(batch)] if safety is not None else None
         self.last_commands: list[SafeCommand] = []
         self.dropped_actions = 0  # actions skipped because their time had passed (clocked scheduling)
-        self.late_plans = 0  # plan_ahead: ticks that had to wait for the worker (the policy was slower than a period)
+        self.late_plans = 0  # plan_ahead: ticks that held because the next chunk was still being planned
         self._worker: ThreadPoolExecutor | None = None
+        # With a clock, the filter ages the observation when the command leaves, not when the tick began: a slow
+        # policy call in the tick must not let a command out on an observation that went stale meanwhile.
+        self.clock = clock
         self.reset()
 
     def reset(self, env_index: int | None = None) -> None:
@@ -183,6 +189,8 @@ class PolicyRunner:
         if stamps is not None:
             values = list(stamps.values()) if isinstance(stamps, dict) else [stamps]
             oldest = [min(float(np.asarray(v, dtype=np.float64).reshape(-1)[i]) for v in values) for i in range(self.batch)]
+        if now is not None and self.clock is not None:
+            now = self.clock()
         for i, flt in enumerate(self.filters or []):
             result = flt(actions[i], measured_state(obs, i), None if oldest is None else oldest[i], now)
             if isinstance(result, Hold):
@@ -217,10 +225,11 @@ class PolicyRunner:
     def _adopt(self, now: float | None) -> Hold | None:
         """Switch to the planned-ahead chunk at the action for this tick (its action 1 when on time)."""
         future, planned_at = self._pending
-        self._pending = None
-        if not future.done():
+        if now is not None and not future.done():
             self.late_plans += 1
-        self._queue = future.result()  # waits only when the policy was slower than a control period
+            return Hold("the next action chunk is still being planned (the policy is slower than a control period)")
+        self._pending = None
+        self._queue = future.result()
         if now is None or planned_at is None:
             self._cursor[:] = 1
             return None

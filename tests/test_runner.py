@@ -173,9 +173,15 @@ def test_plan_ahead_with_a_clock_keeps_the_policy_off_the_control_tick():
         # Same schedule as the lockstep emulation that robo eval --plan-ahead runs.
         lockstep = PolicyRunner(EchoChunkPolicy(), SPEC, RunnerConfig(n_obs=2, n_action_steps=3, plan_ahead=True))
         assert [lockstep.act(obs(float(x))).action[0] for x in (1, 2, 3, 4)] == [101, 102, 103, 302]
-        # A plan slower than the period: the tick waits for it and counts it.
+        # A plan slower than the period: the tick holds instead of waiting; when it arrives, the action for now runs.
         runner.act(obs(5.0), now=0.4, stamp=0.4)  # executed index 2, the last: plans from x=5
-        assert runner.act(obs(6.0), now=0.5, stamp=0.5).action[0] == 502 and runner.late_plans == 1
+        start = time.perf_counter()
+        held = runner.act(obs(6.0), now=0.5, stamp=0.5)
+        assert isinstance(held, Hold) and "still being planned" in held.reason and runner.late_plans == 1
+        assert time.perf_counter() - start < 0.1, "the tick waited for the policy"
+        time.sleep(0.25)
+        assert runner.act(obs(7.0), now=0.6, stamp=0.6).action[0] == 503  # executed index 2 belongs to t=0.6
+        assert runner.dropped_actions == 1
     finally:
         runner.close()
 
@@ -189,3 +195,19 @@ def test_plan_ahead_is_forgotten_on_reset_and_refused_for_single_action_chunks()
     assert runner.act(obs(9.0)).action[0] == 901  # a fresh plan from the new episode, not the stale one
     with pytest.raises(ValueError, match="at least 2"):
         PolicyRunner(policy, SPEC, RunnerConfig(n_obs=2, n_action_steps=1, plan_ahead=True))
+
+
+def test_with_a_clock_the_filter_ages_the_observation_when_the_command_leaves():
+    from hardware.safety import SafetyLimits
+
+    policy = SlowEcho(0.3)
+    clock = [0.0]
+    limits = SafetyLimits(max_obs_age_s=0.2, workspace_low=(-9, -9, -9), workspace_high=(9, 9, 9))
+    runner = PolicyRunner(policy, {**SPEC, "eef_quat": ((4,), "float32")}, RunnerConfig(n_obs=2, n_action_steps=4,
+                          control_dt=0.1, max_obs_age_s=0.2), safety=limits, kinematics=None, clock=lambda: clock[0])
+    observation = {"eef_pos": np.zeros(3, np.float32), "eef_quat": np.array([0, 0, 0, 1], np.float32)}
+    clock[0] = 0.35  # the policy call in this tick took 0.35 s: the observation from t=0 is too old to act on
+    held = runner.act(observation, now=0.0, stamp=0.0)
+    assert isinstance(held, Hold) and "old" in held.reason
+    clock[0] = 0.45  # the next tick, on time, acts
+    assert isinstance(runner.act(observation, now=0.4, stamp=0.4), Act)
