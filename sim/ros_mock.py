@@ -11,7 +11,9 @@ rate: PoseStamped targets (Cartesian impedance), JointTrajectory (joint_trajecto
 command older than ``command_timeout_s`` is not executed (the arm holds), as a controller's cmd_timeout does.
 
 Episodes end on success or at the horizon; each one is reported on ``/sim/episode`` (std_msgs/String, JSON) and
-the next starts with the next seed.
+the next starts with the next seed. ``/sim/reset`` (std_srvs/Trigger) ends the current episode unreported and starts
+the seed sequence over from ``seed``: the mock steps from the moment it starts, so a run that should see the same
+seeded episodes as ``robo eval --seed <seed>`` resets once the policy node is commanding.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class MockConfig:
 
     task: str = "Lift"  # robosuite task (sim.env.TASKS)
     control_hz: float = 20.0  # controller / sim step rate
-    seed: int = 10_000  # seed of the first episode; episode i uses seed + i
+    seed: int = 10_000  # seed of the first episode (and of the first after /sim/reset); the next ones count up
     horizon: int = 0  # steps per episode; 0 = the task's default
     cameras: list[str] = dataclasses.field(default_factory=list)  # robosuite cameras, e.g. [agentview]
     image_size: int = 84  # square camera images
@@ -125,8 +127,9 @@ class SimMock(_node_base()):  # type: ignore[misc]
         self.config = cfg = MockConfig(**values)
         self.env = SimEnv(EnvConfig(task=cfg.task, cameras=tuple(cfg.cameras), image_height=cfg.image_size,
                                     image_width=cfg.image_size, depth=cfg.depth, control_freq=int(cfg.control_hz),
-                                    horizon=cfg.horizon or None))
+                                    horizon=cfg.horizon or None), seed=cfg.seed)  # seeded build, as robo eval's
         self.episode, self.steps, self.results = 0, 0, []
+        self._first_episode = 0  # episode that used `seed`; /sim/reset moves it to the episode it starts
         self.obs, _ = self.env.reset(seed=cfg.seed)
         self._commands: dict[str, tuple[Any, float]] = {}
         self._gripper = -1.0
@@ -166,16 +169,21 @@ class SimMock(_node_base()):  # type: ignore[misc]
             self._gripper = 1.0 if closing else -1.0
 
     def _on_reset(self, request: Any, response: Any) -> Any:
-        self._new_episode()
-        response.success, response.message = True, f"episode {self.episode}"
+        self._new_episode(restart=True)
+        response.success, response.message = True, f"episode {self.episode}, seed {self._seed()}"
         return response
 
-    def _new_episode(self) -> None:
+    def _seed(self) -> int:
+        return self.config.seed + self.episode - self._first_episode
+
+    def _new_episode(self, restart: bool = False) -> None:
         self.episode += 1
+        if restart:
+            self._first_episode = self.episode
         self.steps = 0
         self._commands.clear()
         self._gripper = -1.0
-        self.obs, _ = self.env.reset(seed=self.config.seed + self.episode)
+        self.obs, _ = self.env.reset(seed=self._seed())
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -195,7 +203,7 @@ class SimMock(_node_base()):  # type: ignore[misc]
         self.steps += 1
         self.counters["steps"] += 1
         if terminated or truncated:
-            result = {"episode": self.episode, "seed": self.config.seed + self.episode,
+            result = {"episode": self.episode, "seed": self._seed(),
                       "success": bool(info["success"]), "steps": self.steps}
             self.results.append(result)
             self._episode_pub.publish(self._msgs[4](data=json.dumps(result)))

@@ -13,6 +13,8 @@ from hardware.deploy_config import DeployConfigError, load_deploy_config
 from hardware.ros_convert import MessageError, image_to_numpy, joint_positions, numpy_to_image, pose_to_arrays
 from robo.bench.node import LOWDIM, REPO, fresh_checkpoint, unsafe_commands, wait_for
 
+DDS_FIXTURE = REPO / "tests" / "fixtures" / "lift_onestep" / "best"  # scripts/make_dds_fixture.sh
+
 
 def image_msg(array, encoding, step=None, bigendian=False):
     height, width = array.shape[:2]
@@ -172,45 +174,103 @@ def test_node_drives_the_sim_mock_over_dds_within_limits(tmp_path):
     assert "starting" in out and "Traceback" not in out, out[-2000:]
 
 
+def test_the_dds_fixture_loads_with_the_strict_loader():
+    """The committed one-step Lift policy that the DDS test deploys was saved by the current code: the strict loader
+    takes it and the sim's low-dim observations feed it. If this fails, remake it: bash scripts/make_dds_fixture.sh."""
+    from policies.checkpoint import check_against, load_checkpoint, read_config
+
+    try:
+        policy = load_checkpoint(DDS_FIXTURE)
+        check_against(policy, LOWDIM, 7)
+    except ValueError as err:
+        pytest.fail(f"{err} -- remake the fixture with: bash scripts/make_dds_fixture.sh")
+    assert policy.spec.n_action_steps == 8 and read_config(DDS_FIXTURE)["extra"]["task"] == "Lift"
+    assert sum(f.stat().st_size for f in DDS_FIXTURE.iterdir()) < 4_000_000, "keep the committed fixture small"
+
+
 @pytest.mark.ros
-@pytest.mark.slow
 def test_trained_policy_over_dds_agrees_with_robo_eval(tmp_path):
-    """A policy trained for a few hundred steps runs the same seeded Lift episodes through the node and the sim mock
-    (separate processes, DDS) as through `robo eval`: same filter, same runner, so the success counts agree within
-    what timing jitter can change (the DDS loop runs on wall-clock time)."""
+    """The committed one-step Lift policy (tests/fixtures/lift_onestep: see its README) deployed as an operator
+    would: `robo deploy --launch launch/sim.launch.yaml` starts the sim mock and the policy node (separate
+    processes, DDS on loopback). Once the node commands, the mock restarts its seeds (/sim/reset) and the next 10
+    episodes (seeds 10000-10009) count, the node re-armed before each (a fresh history, as eval starts an episode);
+    `robo eval` then runs the same checkpoint on the same seeds and horizon with the node's schedule (plan-ahead).
+    Same filter, same runner, so the success counts agree within two episodes: the DDS loop runs on wall-clock time
+    on a shared CPU (late observations are held, late actions dropped: the node's diagnostics count them), which
+    can turn a borderline grasp into a regrasp or a miss; on the shared 2-core machine, with every process on one
+    core, DDS scored 8, 9, 10 and 10 of 10 against eval's 10 (the 8 with 82 actions dropped late). The deployed
+    policy must itself succeed in at least 8 of 10 (an untrained policy scores 0/10 on both paths), so a broken
+    deployment cannot pass by agreeing on failure."""
     import yaml
+    from std_srvs.srv import Trigger
 
     from robo.bench.node import Probe
-    from robo.collect import CollectConfig, collect
     from robo.evaluate import EvalConfig, evaluate_checkpoint
-    from robo.train import build_config, train
 
-    collect(CollectConfig(output=tmp_path / "demos.zarr", task="Lift", episodes=4, progress=False))
-    config = build_config("lowdim_consistency", {"dataset": tmp_path / "demos.zarr", "output_dir": tmp_path / "run",
-                                                 "steps": 300, "eval_episodes": 0, "progress": False})
-    train(config)
-    ckpt = tmp_path / "run" / "best"
-    episodes, horizon = 4, 80
-    evaluated = evaluate_checkpoint(EvalConfig(checkpoint=ckpt, episodes=episodes, num_envs=1, horizon=horizon,
-                                               video_episodes=0, output_dir=tmp_path / "eval", progress=False))
+    checkpoint, episodes, horizon = DDS_FIXTURE, 10, 150  # successes take ~40 steps, a regrasp ~30 more
     mock = yaml.safe_load((REPO / "launch" / "params" / "sim_mock.yaml").read_text())
-    mock["/**"]["ros__parameters"].update(horizon=horizon, seed=9_999)  # episode 1 on = seeds 10000.. like eval
+    mock["/**"]["ros__parameters"].update(horizon=horizon, seed=10_000)
     (tmp_path / "mock.yaml").write_text(yaml.safe_dump(mock))
     probe = Probe()
-    deploy = subprocess.Popen([sys.executable, "-m", "robo.cli", "deploy", "--checkpoint", str(ckpt),
-                               "--arg", f"mock_params:={tmp_path / 'mock.yaml'}", "--seconds", "400"], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = time.monotonic()
+    deploy = subprocess.Popen([sys.executable, "-m", "robo.cli", "deploy", "--launch", "launch/sim.launch.yaml",
+                               "--checkpoint", str(checkpoint), "--arg", f"mock_params:={tmp_path / 'mock.yaml'}",
+                               "--seconds", "400"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
     try:
-        # The first episode starts before the node is up; count the episodes after it.
-        assert wait_for(lambda: len(probe.episodes) >= episodes + 1 or deploy.poll() is not None, 380)
+        # The mock starts stepping before the node is up: once commands flow, start a fresh episode.
+        assert wait_for(lambda: len(probe.commands) >= 10 or deploy.poll() is not None, 150), "no commands in 150 s"
         assert deploy.poll() is None, deploy.stdout.read()
+        client = probe.node.create_client(Trigger, "/sim/reset")
+        assert client.wait_for_service(timeout_sec=20), "no /sim/reset service"
+        future = client.call_async(Trigger.Request())
+        assert wait_for(future.done, 20) and future.result().success, "the mock did not reset"
+        first_episode = int(future.result().message.split(",")[0].split()[-1])  # "episode N, seed S"
+        counted = time.monotonic()
+
+        def finished():
+            return [e for e in probe.episodes if e["episode"] >= first_episode]
+
+        # Between episodes the operator re-arms the node (~/arm true), which starts a fresh observation history and
+        # gripper latch, as robo eval starts each episode: nothing of the last episode leaks into the next.
+        assert probe.call("/robo_policy_node/arm", True)
+        deadline, seen = time.monotonic() + 40 + episodes * 12, len(probe.episodes)
+        while len(finished()) < episodes and deploy.poll() is None and time.monotonic() < deadline:
+            if len(probe.episodes) > seen:
+                seen = len(probe.episodes)
+                assert probe.call("/robo_policy_node/arm", True)
+            time.sleep(0.005)
+        assert len(finished()) >= episodes, f"{len(finished())} of {episodes} episodes over DDS"
+        assert deploy.poll() is None, deploy.stdout.read()
+        dds_s = time.monotonic() - counted
+        # Mock ticks (pose publications) in the counted window after which no new command arrived before the next.
+        ticks = [t for t, _ in probe.poses if t >= counted]
+        sent = np.array([t for t, _ in probe.commands if t >= counted])
+        idle = sum(not np.any((sent > a) & (sent <= b)) for a, b in zip(ticks, ticks[1:]))
+        diag = {k: v for k, v in (probe.diagnostics or [{}])[-1].items()
+                if k in ("holds", "dropped_actions", "late_plans", "missed_deadlines", "overruns", "loop_ms_p99")}
     finally:
         probe.close()
-        deploy.send_signal(subprocess.signal.SIGINT)
-        deploy.communicate(timeout=30)
-    over_dds = probe.episodes[1:episodes + 1]
-    assert all(e["steps"] <= horizon for e in over_dds)
-    assert abs(sum(e["success"] for e in over_dds) - sum(evaluated["successes"])) <= 1, (over_dds, evaluated)
+        if deploy.poll() is None:
+            deploy.send_signal(subprocess.signal.SIGINT)
+        out, _ = deploy.communicate(timeout=30)
+    assert "Traceback" not in out, out[-2000:]
+    over_dds = sorted(finished(), key=lambda e: e["episode"])[:episodes]
+    seeds = [e["seed"] for e in over_dds]
+    assert seeds == list(range(10_000, 10_000 + episodes)) and all(e["steps"] <= horizon for e in over_dds), over_dds
+    node = load_deploy_config(REPO / "hardware" / "robots" / "sim_panda_deploy.yaml")  # what launch/sim runs
+    evaluated = evaluate_checkpoint(EvalConfig(checkpoint=checkpoint, episodes=episodes, seed=10_000, num_envs=1,
+                                               horizon=horizon, plan_ahead=node.plan_ahead, video_episodes=0,
+                                               output_dir=tmp_path / "eval", progress=False))
+    assert evaluated["seeds"] == seeds
+    dds, sim = sum(e["success"] for e in over_dds), sum(evaluated["successes"])
+    report = (f"seeds {seeds[0]}-{seeds[-1]}, horizon {horizon}: over DDS {dds}/{episodes} "
+              f"(lengths {[e['steps'] for e in over_dds]}, {dds_s:.0f} s), robo eval {sim}/{episodes} "
+              f"(lengths {evaluated['lengths']}); {time.monotonic() - started:.0f} s in all; node {diag}; "
+              f"{idle} of {len(ticks) - 1} mock ticks without a new command")
+    print(report)
+    assert dds >= 8, report
+    assert abs(dds - sim) <= 2, report
 
 
 @pytest.mark.ros
