@@ -66,7 +66,8 @@ class PolicyRunner:
                  clock: Callable[[], float] | None = None):
         self.policy, self.config, self.batch = policy, config, batch
         if config.plan_ahead and config.n_action_steps < 2:
-            raise ValueError(f"plan_ahead needs at least 2 executed actions per chunk, not {config.n_action_steps}")
+            raise ValueError(f"plan_ahead needs at least 2 executed actions per chunk, not {config.n_action_steps}; "
+                             f"set plan_ahead: false")
         self.obs_spec = {k: (tuple(shape), str(dtype)) for k, (shape, dtype) in obs_spec.items()}
         # One filter per environment: the gripper latch and arm state are per arm.
         self.filters = [SafetyFilter(safety, kinematics) for _ in range(batch)] if safety is not None else None

@@ -38,7 +38,8 @@ class EvalConfig:
     seed: int = EVAL_SEED_OFFSET  # seed of the first episode (episode i uses seed + i)
     num_envs: int = 2  # sub-process environments stepping in lockstep
     n_action_steps: int = 0  # actions executed per chunk; 0 = the checkpoint's value
-    plan_ahead: bool = False  # the ROS node's schedule: each chunk planned one step early (hardware/runner.py)
+    plan_ahead: bool = True  # the ROS node's schedule (its default): each chunk planned one step early, so what is
+    #   evaluated is what is deployed (hardware/runner.py); --no-plan-ahead plans in the step instead
     inference_steps: int = 0  # denoising steps for diffusion/consistency policies; 0 = the policy's default
     scheduler: str = ""  # diffusion only: "ddim" (default) or "ddpm"
     cameras: tuple[str, ...] = ()  # sim cameras; empty = those the policy's observation keys need
@@ -128,7 +129,7 @@ def evaluate_policy(policy: Any, config: EvalConfig) -> dict[str, Any]:
         check_against(policy, {k: (obs_space[k].shape, str(obs_space[k].dtype)) for k in obs_space.spaces},
                       venv.single_action_space.shape[0])
         runner_cfg = RunnerConfig(n_obs=spec.n_obs, n_action_steps=config.n_action_steps or spec.n_action_steps,
-                                  plan_ahead=config.plan_ahead)
+                                  plan_ahead=config.plan_ahead and (config.n_action_steps or spec.n_action_steps) > 1)
         adapter = _PolicyAdapter(policy, config.inference_steps, config.scheduler)
         # The deployed safety filter, with the sim's world-frame workspace: what is evaluated is what is deployed.
         from hardware.kinematics import FRANKA
