@@ -6,7 +6,7 @@ the state messages it received, the operator's twist, the commands it sent and o
 tick. The provenance messages are the clock: each tick that sent a command becomes one dataset step, with
 
 * the observation the node acted on: the newest state message of every stream recorded before the tick's command
-  (the node's callbacks and its control timer share one thread, so these are exactly the messages it had);
+  (the control tick takes its inputs and records them before it acts, so these are exactly the messages it had);
 * the action the arm executed, in the training action space: the command taken back through the sim mock's
   ``command_to_action`` from the measured pose it was integrated from (so a command 1 cm above the pose is
   z = 0.2), and the latched gripper command (-1 open, +1 close);
