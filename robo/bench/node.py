@@ -17,6 +17,7 @@ checkpoints and loaded by the node through the normal loader.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from hardware.ros_convert import stamp_to_sec
 from robo.bench.common import print_json_line, print_table
 from robo.bench.ros_probe import (CAMERAS, HOME_POS, HOME_QUAT, LOWDIM, MOCK_PARAMS, REPO, SIM_PARAMS, Probe,
                                   RosProcess, time_msg, fresh_checkpoint, unsafe_commands, wait_for)
@@ -64,7 +66,8 @@ class NodeUnderTest:
         overrides = {"checkpoint": str(ckpt), "control_hz": float(rate), "safety.control_dt": 1.0 / rate,
                      "start_armed": True, "plan_ahead": plan_ahead,
                      "image_topics": [f"{k}=/camera/{k.rsplit('_', 1)[0]}/color/image_raw" for k in image_keys]}
-        self.probe = Probe(image_keys)
+        # The probe publishes the pose itself; hearing its own 500 Hz stream back would only load this process.
+        self.probe = Probe(image_keys, record_poses=sim_peer)
         self.proc = RosProcess("hardware.ros_node", SIM_PARAMS, overrides, workdir / f"{name}.log")
         from hardware.deploy_config import load_deploy_config
 
@@ -106,26 +109,37 @@ class NodeUnderTest:
 
 
 def measure_latency(nut: NodeUnderTest, seconds: float, state_hz: float) -> dict[str, Any]:
+    """Observation-to-command latency while the state streams. Commands decided (their header stamp: the tick's
+    start) after the probe stopped publishing are not counted: the node then re-commands from an aging pose until
+    it is stale, which tests the staleness limit, not latency. The probe's garbage collector is off while it measures (a harness pause would
+    read as the node's latency)."""
     probe = nut.probe
     before = nut.diag()
     probe.commands.clear()
-    cpu0, t0 = nut.proc.cpu_seconds(), time.monotonic()
-    next_state, next_image = t0, t0
-    while time.monotonic() - t0 < seconds:
-        now = time.monotonic()
-        if now >= next_state:
-            nut.publish_valid()
-            next_state += 1.0 / state_hz
-        if probe.image_pubs and now >= next_image:
-            probe.publish_images(nut.rng)
-            next_image += 1.0 / 30.0  # a 30 fps camera
-        time.sleep(max(0.0, min(next_state, next_image if probe.image_pubs else next_state) - time.monotonic()))
-    elapsed = time.monotonic() - t0
-    cpu = (nut.proc.cpu_seconds() - cpu0) / elapsed * 100
-    time.sleep(0.2)
+    gc.collect()
+    gc.disable()
+    try:
+        cpu0, t0 = nut.proc.cpu_seconds(), time.monotonic()
+        next_state, next_image = t0, t0
+        while time.monotonic() - t0 < seconds:
+            now = time.monotonic()
+            if now >= next_state:
+                nut.publish_valid()
+                next_state += 1.0 / state_hz
+            if probe.image_pubs and now >= next_image:
+                probe.publish_images(nut.rng)
+                next_image += 1.0 / 30.0  # a 30 fps camera
+            time.sleep(max(0.0, min(next_state, next_image if probe.image_pubs else next_state) - time.monotonic()))
+        t_end, t_end_wall = time.monotonic(), time.time()
+        elapsed = t_end - t0
+        cpu = (nut.proc.cpu_seconds() - cpu0) / elapsed * 100
+        time.sleep(0.05)  # commands computed from the last poses are still on their way
+    finally:
+        gc.enable()
     after = nut.diag()
-    lat = np.array([recv - probe.sent[m.header.frame_id][0] for recv, m in list(probe.commands)
-                    if m.header.frame_id in probe.sent]) * 1e3
+    sent = probe.sent
+    lat = np.array([recv - sent[m.header.frame_id][0] for recv, m in list(probe.commands)
+                    if m.header.frame_id in sent and stamp_to_sec(m.header.stamp) <= t_end_wall]) * 1e3
     missed = (after.get("missed_deadlines", 0) - before.get("missed_deadlines", 0)
               + after.get("overruns", 0) - before.get("overruns", 0))
     return {"rate_hz": nut.rate, "commands": int(lat.size), "expected": int(elapsed * nut.rate),

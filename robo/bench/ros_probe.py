@@ -94,7 +94,7 @@ def _ros_value(value: Any) -> str:
 class Probe:
     """An in-process rclpy node (own Context, own executor thread) that plays the robot and records commands."""
 
-    def __init__(self, image_keys: tuple[str, ...] = ()):
+    def __init__(self, image_keys: tuple[str, ...] = (), record_poses: bool = True):
         import rclpy
         from geometry_msgs.msg import PoseStamped
         from rclpy.executors import SingleThreadedExecutor
@@ -130,8 +130,9 @@ class Probe:
         self.node.create_subscription(String, "/robo_policy_node/diagnostics",
                                       lambda m: self.diagnostics.append(json.loads(m.data)), 10)
         self.node.create_subscription(String, "/sim/episode", lambda m: self.episodes.append(json.loads(m.data)), 10)
-        self.node.create_subscription(PoseStamped, "/eef_pose", lambda m: self.poses.append((time.monotonic(), m)),
-                                      sensor)
+        if record_poses:  # the arm's pose as a peer sees it (tests); a latency probe that publishes it skips this
+            self.node.create_subscription(PoseStamped, "/eef_pose", lambda m: self.poses.append((time.monotonic(), m)),
+                                          sensor)
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         self._running = True
