@@ -63,7 +63,7 @@ class DeployConfig:
     inference_steps: int = 0  # network calls per chunk for denoising policies; 0 = the policy's default
     n_action_steps: int = 0  # actions executed per chunk; 0 = the checkpoint's value
     plan_ahead: bool = True  # plan each chunk one tick early on a worker thread: no control tick waits for the
-    #   network (hardware/runner.py); evaluate with `robo eval --plan-ahead` to score exactly this schedule
+    #   network (hardware/runner.py); `robo eval` scores exactly this schedule by default
     start_armed: bool = False  # False: commands start only after the ~/arm service (true on real robots)
     dry_run: bool = False  # shadow mode: publish proposed commands on ~/proposed/* and execute nothing
     diagnostics_period_s: float = 0.5  # how often ~/diagnostics is published

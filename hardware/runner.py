@@ -18,16 +18,16 @@ Planning ahead (``plan_ahead``): the tick that hands out a chunk's last action a
 from the history as it stands, and the next tick starts that chunk at its action 1 (the one for that tick). With a
 clock the policy runs on a worker thread, so no control tick waits for the network: if a plan is still running
 when its chunk is due (the policy is slower than a period), the tick holds, and once it arrives the actions whose
-time has passed are dropped as above. Without a clock (simulated
-evaluation) the same schedule is emulated exactly, so ``robo eval --plan-ahead`` scores what the node executes:
-each chunk is conditioned on an observation one tick older than when planning in the tick.
+time has passed are dropped as above. Without a clock (simulated evaluation) the same schedule is emulated exactly,
+so ``robo eval`` (plan ahead by default) scores what the node executes: each chunk is conditioned on an observation
+one tick older than when planning in the tick.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
