@@ -380,6 +380,14 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     out = Path(config.output_dir)
     ppo = train_online(config)
     report: dict[str, Any] = {"ppo": {k: v for k, v in ppo.items() if k != "history"}}
+    # Validation success before PPO (env step 0), after it (the last evaluation, at the final env step) and of
+    # ppo/best (the best of them, the start included); None where no evaluation ran (eval_episodes 0).
+    h = ppo.get("history") or {}
+    evals = list(zip(h.get("eval_env_steps", []), h.get("eval_success", [])))
+    report["ppo"].update(
+        success_before=evals[0][1] if evals and evals[0][0] == 0 else None,
+        success_after=evals[-1][1] if evals and evals[-1][0] == ppo.get("env_steps") else None,
+        best_success=max(s for _, s in evals) if evals else None, eval_episodes=config.eval_episodes)
     if config.distill_steps > 0:
         if config.method == "noise":
             raise ValueError("noise-space PPO leaves the policy frozen: there is nothing new to distil")

@@ -40,6 +40,11 @@ class PipelineConfig:
     eval_episodes: int = 50  # simulated evaluation episodes per policy
     improve_rounds: int = 10  # gated offline PPO rounds on the teacher (robo improve; 0 skips the stage's updates)
     improve_failure_demos: int = 20  # noisy scripted episodes recorded beside the demos so the critic sees failures
+    # The finetune stage (robo finetune on improve's accepted checkpoint). Like improve's, these budgets are scaled
+    # by min(1, train_steps / 3000), so a smoke-sized pipeline runs a smoke-sized stage.
+    finetune_env_steps: int = 20_480  # online PPO env steps (40 iterations of 2 envs x 32 chunks x 8; 0 skips the stage)
+    finetune_distill_steps: int = 1000  # optimiser steps distilling the refined teacher into its one-step student
+    finetune_gate_episodes: int = 100  # student-gate test episodes per policy; the gate passes only with >= 100
     new_run: bool = False  # start a new run folder (output_dir-2, -3, ...) instead of resuming output_dir
     progress: bool = True  # progress bars
 
@@ -147,6 +152,74 @@ def _improve_stage(config: PipelineConfig, run: PipelineRun) -> dict[str, Any]:
     return pipeline_stage(config, run)
 
 
+def finetune_stage(config: PipelineConfig, run: PipelineRun) -> dict[str, Any]:
+    """``robo finetune`` on the improve stage's accepted checkpoint (the trained teacher when improve was skipped):
+    online PPO, distillation of the refined teacher into a one-step student, the student gate (teacher and student
+    on the same test seeds) and, only if the gate passed, the deploy artifact. Output under ``finetune/``. A failed
+    gate is a result, not an error: the figures say why no artifact was exported."""
+    from robo import finetune as ft
+
+    if config.finetune_env_steps <= 0:
+        print("      skipped: finetune_env_steps is 0")
+        return {"finetune": {"skipped": "finetune_env_steps=0"}}
+    improve = run.results.get("improve", {}).get("improve", {})
+    if improve.get("accepted"):
+        start, note = Path(improve["accepted"]), None
+    else:
+        start = run.out / "diffusion" / "best"
+        note = f"improve was skipped ({improve.get('skipped', 'no accepted checkpoint')}): refining the trained teacher"
+        print(f"      {note}, {start}")
+    scale = min(1.0, config.train_steps / 3000)
+    num_envs = 2
+    chunks = max(2, int(round(32 * scale)))
+    # Never less than three iterations (8 = the lowdim preset's executed actions per chunk): the first two only fit
+    # the value net, so even a smoke-sized run makes one policy update.
+    env_steps = max(3 * num_envs * chunks * 8, int(round(config.finetune_env_steps * scale)))
+    out = run.out / "finetune"
+    cfg = ft.FinetuneConfig(
+        checkpoint=start, output_dir=out, task=config.task, num_envs=num_envs, env_steps=env_steps,
+        chunks_per_iter=chunks, minibatch_size=max(4, int(round(128 * scale))),
+        eval_every=0,  # validation success before PPO and at its end only: each evaluation costs eval_episodes
+        eval_episodes=config.eval_episodes, seed=config.seed, device="auto",
+        # an interrupted stage continues its PPO run (and its distillation) instead of starting over
+        resume=(out / "ppo" / "last").exists(), progress=config.progress,
+        distill_steps=max(2, int(round(config.finetune_distill_steps * scale))), dataset=run.dataset,
+        gate_episodes=max(2, int(round(config.finetune_gate_episodes * scale))), export=True)
+    if cfg.resume:
+        print(f"      {out / 'ppo' / 'last'} holds the interrupted PPO run; resuming it")
+    report = ft.finetune(cfg)
+    ppo, gate = report["ppo"], report.get("student_gate") or {}
+    artifact = report.get("artifact") or {}
+
+    def rate(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
+
+    figures: dict[str, Any] = {
+        "checkpoint": str(start), "env_steps": ppo.get("env_steps"), "iterations": ppo.get("iterations"),
+        "success_before": ppo.get("success_before"), "success_after": ppo.get("success_after"),
+        "best_success": ppo.get("best_success"), "eval_episodes": ppo.get("eval_episodes"),
+        "ppo_steps_per_s": ppo.get("ppo_steps_per_s"), "distill_steps": cfg.distill_steps,
+        "teacher_success": gate.get("teacher_success"), "student_success": gate.get("student_success"),
+        "gate_episodes": gate.get("episodes"), "gate_passed": bool(gate.get("passed")), "gate_reason": gate.get("reason"),
+        "artifact": artifact.get("path"), "artifact_sha256": artifact.get("content_sha256"),
+        "report": str(out / "report.json")}
+    if note:
+        figures["note"] = note
+    if not artifact:
+        figures["no_artifact"] = (f"the student gate failed: {gate.get('reason')}" if gate and not gate.get("passed")
+                                  else "not exported")
+        if gate and (gate.get("episodes") or 0) < ft.MIN_GATE_EPISODES:
+            figures["no_artifact"] += (f" (this run's gate used {cfg.gate_episodes} episodes: the pipeline scales it "
+                                       f"with train_steps / 3000; the full-size run uses {config.finetune_gate_episodes})")
+    print(f"      PPO {figures['env_steps']} env steps: validation success {rate(figures['success_before'])} -> "
+          f"{rate(figures['success_after'])} over {config.eval_episodes} episodes; student "
+          f"{rate(figures['student_success'])} vs refined teacher {rate(figures['teacher_success'])} on "
+          f"{figures['gate_episodes']} test episodes")
+    print(f"      artifact {artifact['path']} (content {artifact['content_sha256'][:12]})" if artifact
+          else f"      no artifact: {figures['no_artifact']}")
+    return {"finetune": figures}
+
+
 STAGES: list[Stage] = [
     Stage("record", "recording {demos} scripted {task} demonstrations", record_demos),
     Stage("validate", "validating the dataset", validate_dataset),
@@ -154,6 +227,8 @@ STAGES: list[Stage] = [
     Stage("distill", "distilling it to a one-step student ({distill_steps} steps)", distill_student),
     Stage("evaluate", "evaluating both over {eval_episodes} seeded episodes", evaluate_policies),
     Stage("improve", "gated offline improvement of the teacher ({improve_rounds} rounds)", _improve_stage),
+    Stage("finetune", "online PPO refinement ({finetune_env_steps} env steps at full scale), distillation, the "
+                      "student gate and export", finetune_stage),
 ]
 
 
@@ -174,7 +249,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    return [f"{k}={recorded.get(k)!r} (now {wanted[k]!r})" for k in wanted if recorded.get(k) != wanted[k]]
+    # An option the recorded run predates (a field added with a later stage) matches when it is left at its
+    # default, so a run made before that stage existed resumes at the new stage instead of starting over.
+    defaults = _run_options(PipelineConfig())
+    return [f"{k}={recorded.get(k)!r} (now {wanted[k]!r})" for k in wanted
+            if (recorded[k] if k in recorded else defaults.get(k)) != wanted[k]]
 
 
 def _choose_run_folder(config: PipelineConfig) -> tuple[Path, str]:

@@ -1,7 +1,8 @@
 """``robo pipeline``: a re-run resumes (finished stages skipped) or, with other options, starts a new run folder
 beside the first, and says which in one line. The runner's logic is tested with cheap stand-in stages; the real
 record and validate stages with an interrupted recording; every stage on a tiny budget under ``-m slow`` (the
-improve stage alone takes minutes on a 2-core machine)."""
+improve stage alone takes minutes on a 2-core machine); the finetune stage's checkpoint choice, scaling, resume and
+failed gate with a stand-in for ``robo finetune``."""
 
 import json
 import subprocess
@@ -54,7 +55,17 @@ def test_pipeline_runs_every_stage_then_a_rerun_skips_them(tmp_path):
                                           progress=False))
     assert summary["dataset_ok"] and summary["episodes"] == 2 and summary["demo_success_rate"] == 1.0
     assert set(summary["eval"]) == {"diffusion_ddim10", "onestep"}
+    # The finetune stage refined improve's accepted checkpoint, distilled it and gated the student. With this
+    # budget the gate runs on 2 episodes, so it must say it could not pass (no artifact) rather than ship one.
+    f = summary["finetune"]
+    assert f["checkpoint"] == str(out / "improve" / "accepted") and f["env_steps"] >= 96
+    for key in ("success_before", "success_after", "student_success", "teacher_success", "gate_reason"):
+        assert f[key] is not None, key
+    assert f["gate_episodes"] == 2 and not f["gate_passed"] and "the gate needs at least 100" in f["gate_reason"]
+    assert f["artifact"] is None and f["no_artifact"].startswith("the student gate failed")
+    assert json.loads((out / "finetune" / "report.json").read_text())["student_gate"]["reason"] == f["gate_reason"]
     for name in ("diffusion/best", "onestep/best", "eval_onestep/results.json", "summary.json",
+                 "finetune/ppo/best", "finetune/ppo/last", "finetune/student/best",
                  *(f"stages/{s.name}.json" for s in pipeline.STAGES)):
         assert (out / name).exists(), name
     # The README's command a second time: every stage is skipped, one line says so, the summary is the same.
@@ -64,6 +75,7 @@ def test_pipeline_runs_every_stage_then_a_rerun_skips_them(tmp_path):
     lines = again.stdout.strip().splitlines()
     assert lines[0].startswith(f"every stage of {out} finished earlier") and len(lines) == 2
     assert json.loads(lines[-1])["eval"] == json.loads(json.dumps(summary["eval"]))
+    assert json.loads(lines[-1])["finetune"] == json.loads(json.dumps(f))
 
 
 def _fake_stages(calls, fail_at=None):
@@ -119,3 +131,96 @@ def test_a_folder_that_is_not_a_pipeline_run_is_left_alone(tmp_path, monkeypatch
     summary = run_pipeline(PipelineConfig(output_dir=tmp_path / "pipe"))
     assert summary["run_dir"] == str(tmp_path / "pipe-2") and (tmp_path / "pipe/mine.txt").read_text() == "keep"
     assert "not written by a pipeline run" in capsys.readouterr().out.splitlines()[0]
+
+
+# ------------------------------------------------------------------------------- the finetune stage, with stand-ins
+
+
+def _finetune_stand_in(monkeypatch, passed=True, episodes=100):
+    """Replace robo.finetune.finetune by a recorder that returns a report of the given verdict."""
+    import robo.finetune as ft
+
+    seen = []
+
+    def fake(cfg):
+        seen.append(cfg)
+        report = {"ppo": {"env_steps": cfg.env_steps, "iterations": 3, "success_before": 0.4, "success_after": 0.6,
+                          "best_success": 0.6, "eval_episodes": cfg.eval_episodes, "ppo_steps_per_s": 30.0},
+                  "student_gate": ft.gate_decision([True] * episodes, [passed] * episodes, cfg.gate_margin)}
+        if report["student_gate"]["passed"]:
+            report["artifact"] = {"path": str(cfg.output_dir / "artifact"), "content_sha256": "ab" * 32}
+        return report
+
+    monkeypatch.setattr(ft, "finetune", fake)
+    return seen
+
+
+def _run_after_improve(tmp_path, improve, **options):
+    run = pipeline.PipelineRun(out=tmp_path / "pipe")
+    run.results = {"record": {"dataset": str(tmp_path / "pipe" / "lift_demos.zarr")}, "improve": {"improve": improve}}
+    return PipelineConfig(output_dir=run.out, **options), run
+
+
+def test_finetune_stage_refines_improves_accepted_checkpoint_at_full_scale(tmp_path, monkeypatch, capsys):
+    seen = _finetune_stand_in(monkeypatch)
+    accepted = tmp_path / "pipe" / "improve" / "accepted"
+    config, run = _run_after_improve(tmp_path, {"accepted": str(accepted)})
+    figures = pipeline.finetune_stage(config, run)["finetune"]
+    (cfg,) = seen
+    assert cfg.checkpoint == accepted  # not diffusion/best: the improved policy is the one refined
+    assert cfg.output_dir == run.out / "finetune" and cfg.dataset == run.dataset and cfg.task == "Lift"
+    assert (cfg.env_steps, cfg.chunks_per_iter, cfg.minibatch_size) == (20_480, 32, 128)
+    assert (cfg.distill_steps, cfg.gate_episodes, cfg.eval_episodes) == (1000, 100, 50)
+    assert cfg.gate_episodes >= 100 and cfg.export and not cfg.resume
+    assert figures["checkpoint"] == str(accepted) and "note" not in figures
+    assert figures["gate_passed"] and figures["artifact"] == str(run.out / "finetune" / "artifact")
+    assert figures["artifact_sha256"] == "ab" * 32 and "no_artifact" not in figures
+    assert (figures["success_before"], figures["success_after"], figures["env_steps"]) == (0.4, 0.6, 20_480)
+    out = capsys.readouterr().out
+    assert "validation success 0.40 -> 0.60" in out and "artifact " in out
+
+
+def test_finetune_stage_falls_back_to_the_teacher_scales_down_and_resumes(tmp_path, monkeypatch, capsys):
+    seen = _finetune_stand_in(monkeypatch, episodes=2)
+    config, run = _run_after_improve(tmp_path, {"skipped": "image observations"}, train_steps=4, eval_episodes=1)
+    (run.out / "finetune" / "ppo" / "last").mkdir(parents=True)  # an interrupted stage's PPO state
+    figures = pipeline.finetune_stage(config, run)["finetune"]
+    (cfg,) = seen
+    assert cfg.checkpoint == run.out / "diffusion" / "best"
+    assert "image observations" in figures["note"] and "image observations" in capsys.readouterr().out
+    assert cfg.resume  # continues ppo/last rather than refusing or starting over
+    assert (cfg.env_steps, cfg.chunks_per_iter, cfg.distill_steps, cfg.gate_episodes) == (96, 2, 2, 2)
+    # Two gate episodes cannot pass: the figures say so instead of pretending.
+    assert not figures["gate_passed"] and figures["artifact"] is None and figures["artifact_sha256"] is None
+    assert "the gate needs at least 100" in figures["gate_reason"]
+    assert "train_steps / 3000" in figures["no_artifact"]
+
+
+def test_a_failed_student_gate_is_recorded_in_the_summary_not_raised(tmp_path, monkeypatch):
+    _finetune_stand_in(monkeypatch, passed=False)
+    accepted = tmp_path / "improve" / "accepted"
+    stages = [Stage("record", "r", lambda c, r: {"dataset": str(tmp_path / "d.zarr")}),
+              Stage("improve", "i", lambda c, r: {"improve": {"accepted": str(accepted)}}), REAL_STAGES["finetune"]]
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    summary = run_pipeline(PipelineConfig(output_dir=tmp_path / "pipe", progress=False))
+    f = summary["finetune"]
+    assert f["checkpoint"] == str(accepted) and not f["gate_passed"] and f["artifact"] is None
+    assert "below the teacher" in f["gate_reason"] and f["no_artifact"].startswith("the student gate failed: student")
+    assert json.loads((tmp_path / "pipe" / "summary.json").read_text())["finetune"]["gate_reason"] == f["gate_reason"]
+    assert (tmp_path / "pipe" / "stages" / "finetune.json").is_file()
+
+
+def test_a_run_recorded_before_the_finetune_options_existed_resumes(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(pipeline, "STAGES", _fake_stages(calls))
+    base = tmp_path / "pipe"
+    run_pipeline(PipelineConfig(output_dir=base))
+    record = json.loads((base / "pipeline.json").read_text())
+    record["options"] = {k: v for k, v in record["options"].items() if not k.startswith("finetune_")}
+    (base / "pipeline.json").write_text(json.dumps(record))
+    (base / "stages" / "c.json").unlink()
+    capsys.readouterr()
+    run_pipeline(PipelineConfig(output_dir=base))
+    assert capsys.readouterr().out.splitlines()[0] == f"resuming {base}: a, b finished earlier; continuing from c"
+    run_pipeline(PipelineConfig(output_dir=base, finetune_env_steps=512))  # a non-default value is a new run
+    assert calls == ["a", "b", "c", "c", "a", "b", "c"]
