@@ -209,8 +209,8 @@ def finetune_stage(config: PipelineConfig, run: PipelineRun) -> dict[str, Any]:
         figures["no_artifact"] = (f"the student gate failed: {gate.get('reason')}" if gate and not gate.get("passed")
                                   else "not exported")
         if gate and (gate.get("episodes") or 0) < ft.MIN_GATE_EPISODES:
-            figures["no_artifact"] += (f" (this run's gate used {cfg.gate_episodes} episodes: the pipeline scales it "
-                                       f"with train_steps / 3000; the full-size run uses {config.finetune_gate_episodes})")
+            figures["no_artifact"] += (f"; this run's gate used {cfg.gate_episodes} episodes because the pipeline "
+                                       f"scales it by train_steps / 3000 ({config.finetune_gate_episodes} at full size)")
     print(f"      PPO {figures['env_steps']} env steps: validation success {rate(figures['success_before'])} -> "
           f"{rate(figures['success_after'])} over {config.eval_episodes} episodes; student "
           f"{rate(figures['student_success'])} vs refined teacher {rate(figures['teacher_success'])} on "
