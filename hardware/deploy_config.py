@@ -19,6 +19,7 @@ from hardware.safety import SafetyLimits
 
 ROBOTS = Path(__file__).parent / "robots"
 OUTPUTS = ("pose", "joint_trajectory", "twist")
+PLANNERS = ("process", "thread")
 
 
 class DeployConfigError(ValueError):
@@ -62,20 +63,26 @@ class DeployConfig:
     trajectory_periods: float = 2.0  # output=joint_trajectory: time_from_start = this many control periods
     inference_steps: int = 0  # network calls per chunk for denoising policies; 0 = the policy's default
     n_action_steps: int = 0  # actions executed per chunk; 0 = the checkpoint's value
-    plan_ahead: bool = True  # plan each chunk one tick early on a worker thread: no control tick waits for the
-    #   network (hardware/runner.py); `robo eval` scores exactly this schedule by default
+    plan_ahead: bool = True  # plan each chunk one tick early, off the control thread: no control tick waits for
+    #   the network (hardware/runner.py); `robo eval` scores exactly this schedule by default
+    planner: str = "thread"  # where plans ahead run: thread (a worker thread of the node) or process (a child
+    #   process: inference never shares the interpreter lock with the tick; for a robot PC with cores to spare)
     start_armed: bool = False  # False: commands start only after the ~/arm service (true on real robots)
     dry_run: bool = False  # shadow mode: publish proposed commands on ~/proposed/* and execute nothing
     diagnostics_period_s: float = 0.5  # how often ~/diagnostics is published
     operator_twist_topic: str = "/operator/twist"  # TwistStamped (m/s, rad/s, base frame): while fresh, it drives
     operator_gripper_topic: str = "/operator/gripper"  # Float64 -1 open .. +1 close, used while the operator drives
     operator_timeout_s: float = 0.2  # the operator holds the arm while its twist is this fresh; then the policy resumes
+    cpu_affinity: list[int] = field(default_factory=list)  # pin the node (all its threads) to these CPUs, e.g.
+    #   an isolated core of its own (hardware/ros_spin.py: pin_process); [] = wherever the OS schedules it
     record_bag: str = ""  # rosbag2 directory to record the session (state, commands, per-tick provenance); "" = off
     safety: SafetyLimits = field(default_factory=SafetyLimits)  # the filter's limits (nested `safety:` map)
 
     def validate(self) -> None:
         if self.output not in OUTPUTS:
             raise DeployConfigError(f"output '{self.output}' is not one of {OUTPUTS}")
+        if self.planner not in PLANNERS:
+            raise DeployConfigError(f"planner '{self.planner}' is not one of {PLANNERS}")
         if self.control_hz <= 0:
             raise DeployConfigError(f"control_hz must be positive, got {self.control_hz}")
         if abs(self.safety.control_dt - 1.0 / self.control_hz) > 1e-6:

@@ -7,6 +7,7 @@ a malformed message must become a hold with a reason, never a command.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ def stamp_to_sec(stamp: Any) -> float:
 
 def sec_to_stamp(seconds: float, stamp: Any) -> Any:
     """Fill a builtin_interfaces/Time in place (and return it)."""
-    sec = int(np.floor(seconds))
+    sec = math.floor(seconds)
     stamp.sec, stamp.nanosec = sec, min(int(round((seconds - sec) * 1e9)), 999_999_999)
     return stamp
 
@@ -105,14 +106,13 @@ def joint_positions(msg: Any, names: list[str]) -> np.ndarray:
 def pose_to_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray]:
     """geometry_msgs/PoseStamped -> (position (3,), quaternion xyzw (4,)); refuses NaN and non-unit quaternions."""
     p, o = msg.pose.position, msg.pose.orientation
-    pos = np.array([p.x, p.y, p.z], dtype=np.float64)
-    quat = np.array([o.x, o.y, o.z, o.w], dtype=np.float64)
-    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(quat))):
+    values = (float(p.x), float(p.y), float(p.z), float(o.x), float(o.y), float(o.z), float(o.w))
+    if not all(math.isfinite(v) for v in values):
         raise MessageError("pose contains NaN or inf")
-    norm = float(np.linalg.norm(quat))
+    norm = math.sqrt(sum(v * v for v in values[3:]))  # plain floats: this runs in every control tick
     if abs(norm - 1.0) > 1e-2:
         raise MessageError(f"pose orientation is not a unit quaternion (norm {norm:.3f})")
-    return pos, quat / norm
+    return np.array(values[:3]), np.array(values[3:]) / norm
 
 
 def fill_pose(msg: Any, pos: np.ndarray, quat: np.ndarray) -> Any:

@@ -25,82 +25,31 @@ Design against what hurts deployed learned policies:
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
 import re
 import sys
 import time
 from collections import Counter, deque
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hardware.deploy_config import DeployConfig, DeployConfigError, flatten, from_flat, split_mapping
+from hardware.deploy_policy import NumpyPolicy, load_numpy_policy, load_policy
 from hardware.kinematics import chain_by_name
 from hardware.ros_convert import (MessageError, fill_joint_trajectory, fill_pose, fill_twist, float_array,
                                   gripper_width, image_to_numpy, pose_to_arrays, resize_nearest, sec_to_stamp,
                                   stamp_to_sec)
-from hardware.ros_inputs import PolledInputs
+from hardware.ros_inputs import PolledInputs, ros_type_name
 from hardware.runner import Act, Hold, PolicyRunner, RunnerConfig
 from hardware.safety import MeasuredState, SafeCommand, Watchdog
 from hardware.session_recorder import PROVENANCE_TOPIC
 
 NODE_NAME = "robo_policy_node"
+TICK_SECTIONS = ("inputs", "observation", "decision", "publish")  # a control tick's parts, timed for diagnostics
 CLOCK_JUMP_S = 1.0  # a header stamp this far behind the previous one is a clock jump, not a reordered message
-
-
-# --------------------------------------------------------------------------------------------- the policy
-class NumpyPolicy:
-    """numpy in, numpy out, no autograd: what the runner calls."""
-
-    def __init__(self, policy: Any, steps: int = 0):
-        self.policy, self.kwargs = policy, ({"steps": steps} if steps else {})
-
-    def predict(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            return self.policy.predict(obs, **self.kwargs).detach().float().cpu().numpy()
-
-
-def provided_obs_spec(config: DeployConfig, wanted: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, Any]:
-    """What the robot provides, as key -> (shape, dtype). Topic-fed keys (images, low-dim topics) take the
-    policy's shape (images are resized), so only their presence and kind (RGB uint8, depth uint16) are checked."""
-    spec: dict[str, Any] = {"eef_pos": ((3,), "float32"), "eef_quat": ((4,), "float32"),
-                            "joint_pos": ((len(config.joint_names),), "float32")}
-    if config.gripper_joint_names:
-        spec["gripper_qpos"] = ((len(config.gripper_joint_names),), "float32")
-    for entry in config.image_topics:
-        key, _ = split_mapping(entry)
-        shape = wanted.get(key, ((0, 0, 1), ""))[0]
-        if key.endswith("_depth"):
-            spec[key] = ((*shape[:2], 1), "uint16")
-        else:
-            spec[key] = ((*shape[:2], 3), "uint8")
-    for entry in config.lowdim_topics:
-        key, _ = split_mapping(entry)
-        spec[key] = (wanted.get(key, ((0,), ""))[0], "float32")
-    return spec
-
-
-def load_policy(config: DeployConfig) -> tuple[Any, Any, dict[str, Any]]:
-    """(policy, spec, manifest) from a deploy artifact or a checkpoint; refuses, in one line, one whose
-    observation spec the robot does not provide or whose action size is not 7."""
-    path = Path(config.checkpoint)
-    if not config.checkpoint or not path.is_dir():
-        raise DeployConfigError(f"checkpoint '{config.checkpoint}' is not a directory; pass -p checkpoint:=<dir>")
-    if (path / "artifact.json").is_file():
-        from policies.artifact import load_artifact, read_manifest
-
-        wanted = {k: (tuple(v["shape"]), v["dtype"]) for k, v in read_manifest(path)["observation"].items()}
-        policy, manifest = load_artifact(path, expect_obs=provided_obs_spec(config, wanted), expect_action_dim=7,
-                                         expect_control_rate_hz=config.control_hz)
-        return policy, policy.spec, manifest
-    from policies.checkpoint import check_against, load_checkpoint
-
-    policy = load_checkpoint(path)
-    check_against(policy, provided_obs_spec(config, dict(policy.spec.obs_keys)), 7)
-    return policy, policy.spec, {}
 
 
 # --------------------------------------------------------------------------------------------- the node
@@ -123,19 +72,29 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         super().__init__(NODE_NAME, context=context)
         self.config = self._read_parameters(ParameterDescriptor, overrides or {})
         cfg = self.config
+        if cfg.cpu_affinity:
+            from hardware.ros_spin import pin_process
+
+            pin_process(cfg.cpu_affinity)
         self.policy, self.spec, self.manifest = load_policy(cfg)
         kinematics = chain_by_name(cfg.kinematics)
         wanted = dict(self.spec.obs_keys)
+        planner = None  # plan_ahead on a thread of this process
+        if cfg.plan_ahead and cfg.planner == "process":
+            from hardware.planner import ProcessPlanner
+
+            planner = ProcessPlanner(functools.partial(load_numpy_policy, cfg))
         self.runner = PolicyRunner(
             NumpyPolicy(self.policy, cfg.inference_steps), wanted,
             RunnerConfig(n_obs=self.spec.n_obs, n_action_steps=cfg.n_action_steps or self.spec.n_action_steps,
                          max_obs_age_s=cfg.max_state_age_s, control_dt=cfg.period_s, plan_ahead=cfg.plan_ahead,
+                         defer_plan_start=True,
                          stream_max_age_s={split_mapping(e)[0]: cfg.max_image_age_s for e in cfg.image_topics}),
-            safety=cfg.safety, kinematics=kinematics, clock=time.monotonic)
-        if cfg.plan_ahead:
+            safety=cfg.safety, kinematics=kinematics, clock=time.monotonic, planner=planner)
+        if cfg.plan_ahead and cfg.planner == "thread":
             # The planning thread and the control tick share the GIL; the default 5 ms switch interval would let
             # a plan in progress delay a tick by up to 5 ms.
-            sys.setswitchinterval(5e-4)
+            sys.setswitchinterval(1e-4)
         if not cfg.start_armed:
             self.runner.disarm()
         self.watchdog = Watchdog(cfg.period_s, cfg.safety.watchdog_periods)
@@ -149,6 +108,7 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         self.holds: Counter[str] = Counter()
         self.interventions: Counter[str] = Counter()
         self.loop_s: deque[float] = deque(maxlen=2000)
+        self.sections_s: deque[tuple[float, float, float, float]] = deque(maxlen=2000)
         self.last_hold = ""
         self._last_tick: float | None = None
         self._last_state: MeasuredState | None = None
@@ -160,25 +120,33 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
 
         self._stamp_cls = Time
 
-        sensor = qos_profile_sensor_data  # best effort matches both best-effort and reliable publishers
+        # Best effort matches both best-effort and reliable publishers. Streams the newest message describes keep
+        # only that one; joint states keep the sensor depth, because arm and gripper may send separate messages.
+        sensor = qos_profile_sensor_data
+        newest = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=sensor.reliability,
+                            durability=sensor.durability)
         # Drained by the control tick itself, not by callbacks between ticks (hardware/ros_inputs.py).
         self.inputs = PolledInputs(self)
-        self.inputs.add(JointState, cfg.joint_states_topic, sensor, self._on_joints)
-        self.inputs.add(PoseStamped, cfg.eef_pose_topic, sensor, lambda m, t: self._store("eef_pose", m, t))
+        joint_names = set(cfg.joint_names) | set(cfg.gripper_joint_names)
+        self.inputs.add(JointState, cfg.joint_states_topic, sensor, self._on_joints,
+                        enough=lambda msgs: joint_names.issubset(n for m in msgs for n in m.name))
+        self.inputs.add(PoseStamped, cfg.eef_pose_topic, newest, lambda m, t, b: self._store("eef_pose", m, t, b))
         self._image_keys = {}
         for entry in cfg.image_topics:
             key, topic = split_mapping(entry)
             self._image_keys[key] = topic
-            self.inputs.add(Image, topic, sensor, lambda m, t, k=key: self._store(k, m, t))
+            self.inputs.add(Image, topic, newest, lambda m, t, b, k=key: self._store(k, m, t, b))
         self._lowdim_keys = {}
         for entry in cfg.lowdim_topics:
             key, topic = split_mapping(entry)
             self._lowdim_keys[key] = topic
-            self.inputs.add(Float32MultiArray, topic, sensor, lambda m, t, k=key: self._store(k, m, t, stamped=False))
+            self.inputs.add(Float32MultiArray, topic, newest,
+                            lambda m, t, b, k=key: self._store(k, m, t, b, stamped=False))
         # Operator takeover: a teleop device's twist (and gripper) replaces the policy while it keeps coming.
-        self.inputs.add(TwistStamped, cfg.operator_twist_topic, sensor, lambda m, t: self._store("operator", m, t))
-        self.inputs.add(Float64, cfg.operator_gripper_topic, sensor,
-                        lambda m, t: self._store("operator_gripper", m, t, stamped=False))
+        self.inputs.add(TwistStamped, cfg.operator_twist_topic, newest,
+                        lambda m, t, b: self._store("operator", m, t, b))
+        self.inputs.add(Float64, cfg.operator_gripper_topic, newest,
+                        lambda m, t, b: self._store("operator_gripper", m, t, b, stamped=False))
         self._operator_active = False
         self.recorder = None
         if cfg.record_bag:
@@ -204,6 +172,10 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         self.create_service(SetBool, "~/dry_run", self._on_dry_run)
         self.create_timer(cfg.period_s, self._tick)
         self.create_timer(cfg.diagnostics_period_s, self.publish_diagnostics)
+        # Everything loaded so far (torch, the policy, rclpy) lives as long as the node: move it out of the garbage
+        # collector's sight, so a full collection in a control tick does not walk hundreds of thousands of objects.
+        gc.collect()
+        gc.freeze()
         self.get_logger().info(f"{cfg.robot}: {self.policy.kind} policy, {sorted(wanted)} -> {cfg.output} at "
                                f"{cfg.control_hz} Hz ({'armed' if cfg.start_armed else 'disarmed'}"
                                f"{', dry run' if cfg.dry_run else ''})")
@@ -246,30 +218,29 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
             return received
         return min(received, stamp - (time.time() - time.monotonic()))
 
-    def _store(self, stream: str, msg: Any, received: float, stamped: bool = True) -> None:
+    def _store(self, stream: str, msg: Any, received: float, raw: bytes, stamped: bool = True) -> None:
         stamp = stamp_to_sec(msg.header.stamp) if stamped else None
         if stamp is not None and not self._accept_stamp(stream, stamp):
             return
         self._latest[stream] = (msg, self._observed_at(stamp, received))
         if self.recorder is not None:
-            self._record(stream, msg)
+            self._record(stream, msg, raw)
 
-    def _record(self, stream: str, msg: Any) -> None:
-        """Queue a message for the session bag (no serialisation here: the recorder's thread does it)."""
+    def _record(self, stream: str, msg: Any, raw: bytes) -> None:
+        """Queue a message the tick used for the session bag, as the CDR bytes it arrived in."""
         topics = {"eef_pose": self.config.eef_pose_topic, "operator": self.config.operator_twist_topic,
                   "operator_gripper": self.config.operator_gripper_topic, "joint_states": self.config.joint_states_topic,
                   **self._image_keys, **self._lowdim_keys}
         topic = topics.get(stream, stream)
-        module = type(msg).__module__.split(".")[0]  # e.g. geometry_msgs
-        self.recorder.record(topic, f"{module}/msg/{type(msg).__name__}", msg, time.time_ns())
+        self.recorder.record(topic, getattr(msg, "__msgtype__", "") or ros_type_name(type(msg)), raw, time.time_ns())
 
-    def _on_joints(self, msg: Any, received: float) -> None:
+    def _on_joints(self, msg: Any, received: float, raw: bytes) -> None:
         stamp = stamp_to_sec(msg.header.stamp)
         if not self._accept_stamp("joint_states:" + ",".join(msg.name[:1]), stamp):
             return
         now = self._observed_at(stamp, received)
         if self.recorder is not None:
-            self._record("joint_states", msg)
+            self._record("joint_states", msg, raw)
         if len(msg.position) != len(msg.name):
             self.counters["rejected:joint_states"] += 1
             return
@@ -305,7 +276,7 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         if missing:
             raise MessageError(f"no joint state yet for {missing[:3]} on {cfg.joint_states_topic}")
         q = np.array([self._joints[n][0] for n in names])
-        if not np.all(np.isfinite(q)):
+        if not np.isfinite(q).all():
             raise MessageError(f"joint state on {cfg.joint_states_topic} contains NaN or inf")
         stamps["joint_states"] = min(self._joints[n][1] for n in names)
         obs["joint_pos"] = q[:len(cfg.joint_names)].astype(np.float32)
@@ -346,8 +317,10 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         self._last_tick = start
         self.counters["ticks"] += 1
         self.counters["messages"] += self.inputs.drain()
+        drained = observed = time.monotonic()
         try:
             obs, stamps, state, frame = self.observation()
+            observed = time.monotonic()
             # The frame travels with the state: a watchdog hold later uses both from the same message.
             self._last_state, self._frame = state, frame
             operator = self._operator_action(start)
@@ -358,6 +331,7 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         except MessageError as err:
             result = Hold(str(err))
             self.counters["rejected_messages"] += 1
+        decided = time.monotonic()
         source = "operator" if self._operator_active else "policy"
         if isinstance(result, Act) and result.command is not None:
             self._publish(result.command)
@@ -370,8 +344,13 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
             reason = result.reason if isinstance(result, Hold) else "no command"
             self._on_hold(reason, start)
             self._publish_provenance("hold", (), reason)
-        elapsed = time.monotonic() - start
+        self.runner.start_planning()  # a chunk planned ahead starts now, between this tick and the next
+        end = time.monotonic()
+        elapsed = end - start
         self.loop_s.append(elapsed)
+        # Where the tick's time goes (diagnostics): take and decode inputs, build the observation, policy and
+        # safety filter, publish.
+        self.sections_s.append((drained - start, observed - drained, decided - observed, end - decided))
         if elapsed > period:
             self.counters["overruns"] += 1
 
@@ -406,6 +385,8 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
         return result if isinstance(result, Hold) else Act(result.action, result)
 
     def _publish_provenance(self, source: str, interventions: tuple[str, ...], reason: str = "") -> None:
+        if self.recorder is None and not self._provenance.get_subscription_count():
+            return  # nobody listens (a `ros2 bag record` that starts later does): asking is cheaper than building it
         String = self._msgs[5]
         record = {"t": self._decided_at, "source": source, "interventions": list(interventions)}
         if reason:
@@ -460,15 +441,24 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
     # ----------------------------------------------------------------------------------------- diagnostics
     def diagnostics(self) -> dict[str, Any]:
         loop = np.asarray(self.loop_s) * 1e3 if self.loop_s else np.zeros(1)
+        sections = np.asarray(self.sections_s) * 1e3 if self.sections_s else np.zeros((1, len(TICK_SECTIONS)))
+        plans = np.asarray(self.runner.plan_s) * 1e3 if self.runner.plan_s else np.zeros(1)
         now = time.monotonic()
         ages = {k: round(now - t, 4) for k, (_, t) in self._latest.items()}
         limits = {k: self.config.max_image_age_s if k in self._image_keys else self.config.max_state_age_s for k in ages}
         return {"robot": self.config.robot, "armed": self.runner.filters[0].armed, "dry_run": self.config.dry_run,
                 "loop_ms_p50": round(float(np.percentile(loop, 50)), 3),
                 "loop_ms_p99": round(float(np.percentile(loop, 99)), 3), "loop_ms_max": round(float(loop.max()), 3),
+                "loop_sections_ms_p50": dict(zip(TICK_SECTIONS, np.round(np.percentile(sections, 50, axis=0), 3).tolist())),
+                "loop_sections_ms_p99": dict(zip(TICK_SECTIONS, np.round(np.percentile(sections, 99, axis=0), 3).tolist())),
+                "superseded_messages": self.inputs.superseded,
+                "undecodable_messages": dict(self.inputs.undecodable),
                 "stale_streams": sorted(k for k, a in ages.items() if a > limits[k]), "stream_age_s": ages,
                 "last_hold": self.last_hold, "holds": dict(self.holds), "interventions": dict(self.interventions),
                 "dropped_actions": self.runner.dropped_actions, "late_plans": self.runner.late_plans,
+                "plan_failures": self.runner.plan_failures, "planner": self.config.planner if self.config.plan_ahead else "",
+                "plan_ms_p50": round(float(np.percentile(plans, 50)), 3),
+                "plan_ms_p99": round(float(np.percentile(plans, 99)), 3),
                 "operator_active": self._operator_active,
                 **({"recorded": self.recorder.written, "record_dropped": self.recorder.dropped,
                     "record_error": self.recorder.error}

@@ -39,3 +39,26 @@ def run_node(build: Callable[[], Any], argv: list[str] | None = None,
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def pin_process(cpus: list[int] | tuple[int, ...]) -> list[int]:
+    """Pin every thread of this process (DDS's included, and through inheritance every thread started later) to
+    ``cpus``; returns the CPUs it runs on now. The real-time practice for a control process: on a robot PC, an
+    isolated core (``isolcpus`` or a cpuset) keeps other work from landing between its timer and its publish. On
+    the shared 2-core CI machine, where nothing can be isolated, it measured no clear gain (docs/benchmarks.md,
+    ``robo bench node --pin-node``)."""
+    import os
+    from pathlib import Path
+
+    wanted = set(int(c) for c in cpus)
+    try:
+        os.sched_setaffinity(0, wanted)
+    except OSError as err:
+        raise ValueError(f"cannot pin to CPUs {sorted(wanted)} ({err.strerror}); this machine has "
+                         f"{os.cpu_count()} CPUs, and a cpuset may allow fewer") from None
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), wanted)
+        except OSError:  # a thread that just ended
+            pass
+    return sorted(os.sched_getaffinity(0))

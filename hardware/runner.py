@@ -25,14 +25,18 @@ one tick older than when planning in the tick.
 
 from __future__ import annotations
 
+import math
+import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from hardware.kinematics import DHChain
+from hardware.planner import ThreadPlanner
 from hardware.safety import Hold, MeasuredState, SafeCommand, SafetyFilter, SafetyLimits
 
 __all__ = ["Act", "ChunkPolicy", "Hold", "PolicyRunner", "RunnerConfig", "obs_spec_from_space"]
@@ -50,6 +54,9 @@ class RunnerConfig:
     stream_max_age_s: dict[str, float] = field(default_factory=dict)  # per-stream overrides, e.g. a 30 fps camera
     control_dt: float = 0.0  # control period (s) for time-based chunk scheduling; 0 = one action per call
     plan_ahead: bool = False  # plan the next chunk one tick early, off the control path (see the module docstring)
+    # With a clock: a due plan waits for start_planning(), which the ROS node calls once it has published, so the
+    # planning thread runs between ticks instead of competing for the interpreter with the rest of this tick.
+    defer_plan_start: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,9 @@ class PolicyRunner:
 
     def __init__(self, policy: ChunkPolicy, obs_spec: dict[str, tuple[tuple[int, ...], str]], config: RunnerConfig,
                  batch: int = 1, safety: SafetyLimits | None = None, kinematics: DHChain | None = None,
-                 clock: Callable[[], float] | None = None):
+                 clock: Callable[[], float] | None = None, planner: Any = None):
+        """``planner``: where plans ahead run with a clock (hardware/planner.py); None = a thread of this process.
+        The runner owns it from here on and closes it in :meth:`close`."""
         self.policy, self.config, self.batch = policy, config, batch
         if config.plan_ahead and config.n_action_steps < 2:
             raise ValueError(f"plan_ahead needs at least 2 executed actions per chunk, not {config.n_action_steps}; "
@@ -74,7 +83,9 @@ class PolicyRunner:
         self.last_commands: list[SafeCommand] = []
         self.dropped_actions = 0  # actions skipped because their time had passed (clocked scheduling)
         self.late_plans = 0  # plan_ahead: ticks that held because the next chunk was still being planned
-        self._worker: ThreadPoolExecutor | None = None
+        self.plan_s: deque[float] = deque(maxlen=500)  # wall time of recent policy calls (diagnostics)
+        self.plan_failures = 0  # plans that raised (the policy, or its process): each one holds the arm
+        self._planner = planner
         # With a clock, the filter ages the observation when the command leaves, not when the tick began: a slow
         # policy call in the tick must not let a command out on an observation that went stale meanwhile.
         self.clock = clock
@@ -97,6 +108,8 @@ class PolicyRunner:
         self._chunk_t0: float | None = None
         # A plan in flight was made from a history that no longer holds: forget it (its thread just finishes).
         self._pending: tuple[Future, float | None] | None = None
+        self._due: tuple[dict[str, np.ndarray], float] | None = None  # defer_plan_start: waiting for start_planning
+        self._plan_failed = ""  # why the last plan failed; every tick holds with it until the next reset
 
     def validate(self, obs: dict[str, np.ndarray]) -> str | None:
         """One line naming what is wrong with a batch of observations, or None."""
@@ -106,7 +119,7 @@ class PolicyRunner:
             value = np.asarray(obs[key])
             if value.shape != (self.batch, *shape):
                 return f"observation '{key}' has shape {value.shape[1:]}, the policy expects {shape}"
-            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
                 return f"observation '{key}' contains NaN or inf"
         return None
 
@@ -115,15 +128,16 @@ class PolicyRunner:
         items = stamps.items() if isinstance(stamps, dict) else [("observation", stamps)]
         for key, stamp in items:
             limit = self.config.stream_max_age_s.get(key, self.config.max_obs_age_s)
-            ages = now - np.asarray(stamp, dtype=np.float64)
-            if not np.all(np.isfinite(ages)):
+            # Plain floats: a handful of stamps per tick, where numpy's per-call overhead would dominate.
+            ages = [now - t for t in np.asarray(stamp, dtype=np.float64).reshape(-1).tolist()]
+            if not all(math.isfinite(a) for a in ages):
                 return f"stream '{key}' has no valid timestamp"
-            age = float(np.max(ages))
+            age = max(ages)
             if age > limit:
                 name = "observation" if key == "observation" else f"stream '{key}'"
                 return f"{name} is {age * 1e3:.0f} ms old (limit {limit * 1e3:.0f} ms)"
-            if float(np.min(ages)) < -limit:
-                return f"stream '{key}' is stamped {-float(np.min(ages)) * 1e3:.0f} ms in the future: clock jump?"
+            if min(ages) < -limit:
+                return f"stream '{key}' is stamped {-min(ages) * 1e3:.0f} ms in the future: clock jump?"
         return None
 
     def act_batch(self, obs: dict[str, np.ndarray], now: float | None = None,
@@ -134,6 +148,10 @@ class PolicyRunner:
         that stream's own age limit. ``obs`` may hold more keys than the policy uses: the safety filter reads the
         measured pose (``eef_pos``, ``eef_quat``, ``joint_pos``) from it when present.
         """
+        if self._plan_failed:  # until a reset (the node re-arms): a policy that failed once is not trusted again
+            return Hold(self._plan_failed)
+        if self._due is not None:  # the caller did not start the deferred plan after its last tick: start it now
+            self.start_planning()
         problem = self.validate(obs)
         if problem:
             return Hold(problem)
@@ -154,7 +172,7 @@ class PolicyRunner:
             index = int(np.floor((now - self._chunk_t0) / self.config.control_dt + 1e-9))
             self.dropped_actions += max(0, min(index, self.config.n_action_steps) - int(self._cursor[0]))
             self._cursor[:] = max(index, int(self._cursor[0]))
-        exhausted = self._queue is None or np.any(self._cursor >= self.config.n_action_steps)
+        exhausted = self._queue is None or bool((self._cursor >= self.config.n_action_steps).any())
         if exhausted and self._pending is not None:
             late = self._adopt(now if clocked else None)
             if late is not None:
@@ -171,7 +189,7 @@ class PolicyRunner:
                 self._cursor[:] = index
         actions = self._queue[np.arange(self.batch), self._cursor]
         self._cursor += 1
-        if self.config.plan_ahead and self._pending is None and np.all(self._cursor >= self.config.n_action_steps):
+        if self.config.plan_ahead and self._pending is None and bool((self._cursor >= self.config.n_action_steps).all()):
             self._plan_next(now if clocked else None, stamps)
         if self.filters is None:
             return actions
@@ -189,7 +207,8 @@ class PolicyRunner:
         oldest = None
         if stamps is not None:
             values = list(stamps.values()) if isinstance(stamps, dict) else [stamps]
-            oldest = [min(float(np.asarray(v, dtype=np.float64).reshape(-1)[i]) for v in values) for i in range(self.batch)]
+            per_stream = [np.asarray(v, dtype=np.float64).reshape(-1).tolist() for v in values]
+            oldest = [min(times[i] for times in per_stream) for i in range(self.batch)]
         if now is not None and self.clock is not None:
             now = self.clock()
         for i, flt in enumerate(self.filters or []):
@@ -203,7 +222,12 @@ class PolicyRunner:
     def _plan(self, history: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """The executed part (batch, n_action_steps, A) of the chunk the policy predicts from ``history``."""
         history = {k: v.copy() for k, v in self._history.items()} if history is None else history
+        started = time.perf_counter()
         chunk = np.asarray(self.policy.predict(history))
+        self.plan_s.append(time.perf_counter() - started)
+        return self._executed(chunk)
+
+    def _executed(self, chunk: np.ndarray) -> np.ndarray:
         start = self.config.n_obs - 1
         executed = chunk[:, start:start + self.config.n_action_steps]
         if executed.shape[1] < self.config.n_action_steps:
@@ -219,9 +243,19 @@ class PolicyRunner:
             future.set_result(self._plan(history))
             self._pending = (future, None)
             return
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy_plan")
-        self._pending = (self._worker.submit(self._plan, history), self._newest_stamp(now, stamps))
+        self._due = (history, self._newest_stamp(now, stamps))
+        if not self.config.defer_plan_start:
+            self.start_planning()
+
+    def start_planning(self) -> None:
+        """Hand a due plan (plan_ahead with a clock) to the planning thread; nothing to do otherwise."""
+        if self._due is None:
+            return
+        history, planned_at = self._due
+        self._due = None
+        if self._planner is None:
+            self._planner = ThreadPlanner(self.policy.predict)
+        self._pending = (self._planner.submit(history), planned_at)
 
     def _adopt(self, now: float | None) -> Hold | None:
         """Switch to the planned-ahead chunk at the action for this tick (its action 1 when on time)."""
@@ -230,7 +264,17 @@ class PolicyRunner:
             self.late_plans += 1
             return Hold("the next action chunk is still being planned (the policy is slower than a control period)")
         self._pending = None
-        self._queue = future.result()
+        if planned_at is None:  # lockstep: planned in this process, _plan already sliced and timed it
+            self._queue = future.result()
+        else:
+            try:
+                chunk, seconds = future.result()
+                self._queue = self._executed(chunk)
+            except Exception as err:  # noqa: BLE001 - a failed plan holds the arm, says why, and keeps holding
+                self.plan_failures += 1
+                self._plan_failed = f"planning failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                return Hold(self._plan_failed)
+            self.plan_s.append(seconds)
         if now is None or planned_at is None:
             self._cursor[:] = 1
             return None
@@ -244,9 +288,9 @@ class PolicyRunner:
 
     def close(self) -> None:
         """Stop the planning worker (the node calls this at shutdown)."""
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)
-            self._worker = None
+        if self._planner is not None:
+            self._planner.close()
+            self._planner = None
 
     def act(self, observation: dict[str, np.ndarray], now: float | None = None,
             stamp: float | dict[str, float] | None = None) -> Act | Hold:

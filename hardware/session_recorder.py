@@ -1,7 +1,10 @@
 """Record a deployment session to rosbag2 (via `rosbags`, pure Python) without slowing the control loop.
 
-The node hands over message objects (a queue put, no serialisation); a writer thread serialises them with rclpy's
-CDR serialiser and writes them to a rosbag2 directory that `ros2 bag play`, `rosbags` and the Zarr importers read.
+The node hands over the CDR bytes its raw subscriptions took, or the message objects it publishes (a queue put, no
+serialisation); a writer thread serialises the objects with rclpy's CDR serialiser and writes everything to a
+rosbag2 directory that `ros2 bag play`, `rosbags` and the Zarr importers read. Of the state streams the bag holds
+what the control tick used (the newest message of each at each tick), not every message the drivers sent: record
+the driver topics with `ros2 bag record` for a full log.
 If the writer falls behind, the oldest pending messages are dropped and counted rather than blocking the node.
 """
 
@@ -77,6 +80,7 @@ class SessionRecorder:
         self._thread.start()
 
     def record(self, topic: str, msgtype: str, msg: Any, stamp_ns: int) -> None:
+        """``msg``: an rclpy message, or its CDR bytes as a raw subscription took them (written as they are)."""
         try:
             self._queue.put_nowait((topic, msgtype, msg, stamp_ns))
         except queue.Full:
@@ -96,7 +100,8 @@ class SessionRecorder:
                 try:
                     if topic not in self._connections:
                         self._connections[topic] = writer.add_connection(topic, msgtype, typestore=self._typestore)
-                    writer.write(self._connections[topic], stamp_ns, serialize_message(msg))
+                    data = msg if isinstance(msg, bytes) else serialize_message(msg)
+                    writer.write(self._connections[topic], stamp_ns, data)
                     self.written += 1
                 except Exception as err:  # noqa: BLE001 - a bad message must not end the recording
                     self.dropped += 1

@@ -211,3 +211,59 @@ def test_with_a_clock_the_filter_ages_the_observation_when_the_command_leaves():
     assert isinstance(held, Hold) and "old" in held.reason
     clock[0] = 0.45  # the next tick, on time, acts
     assert isinstance(runner.act(observation, now=0.4, stamp=0.4), Act)
+
+
+class FailingPlanner:
+    """A planner whose plans fail (as a dead planner process's do): real Futures carrying the error."""
+
+    def __init__(self):
+        self.submitted = 0
+
+    def submit(self, history):
+        from concurrent.futures import Future
+
+        self.submitted += 1
+        future = Future()
+        future.set_exception(RuntimeError("the policy process exited (code -9); restart the node"))
+        return future
+
+    def close(self):
+        pass
+
+
+def test_a_failed_plan_holds_says_why_and_keeps_holding_until_a_reset():
+    planner = FailingPlanner()
+    runner = PolicyRunner(EchoChunkPolicy(), SPEC, RunnerConfig(n_obs=2, n_action_steps=2, control_dt=0.1,
+                                                                plan_ahead=True), planner=planner)
+    assert runner.act(obs(1.0), now=0.0, stamp=0.0).action[0] == 101  # first chunk planned in the tick
+    assert runner.act(obs(2.0), now=0.1, stamp=0.1).action[0] == 102  # last action: the plan goes to the planner
+    for t in (0.2, 0.3, 0.4):
+        held = runner.act(obs(3.0), now=t, stamp=t)
+        assert isinstance(held, Hold) and held.reason == "planning failed: the policy process exited (code -9); " \
+                                                         "restart the node"
+    assert runner.plan_failures == 1 and planner.submitted == 1  # not retried behind the operator's back
+    runner.reset()  # re-arming starts over
+    assert runner.act(obs(5.0), now=0.5, stamp=0.5).action[0] == 501
+
+
+def test_a_deferred_plan_starts_only_when_the_caller_says_the_tick_is_done():
+    import time
+
+    policy = SlowEcho(0.05)
+    runner = PolicyRunner(policy, SPEC, RunnerConfig(n_obs=2, n_action_steps=2, control_dt=0.1, plan_ahead=True,
+                                                     defer_plan_start=True))
+    try:
+        runner.act(obs(1.0), now=0.0, stamp=0.0)
+        runner.act(obs(2.0), now=0.1, stamp=0.1)  # the plan from x=2 is due, not started
+        time.sleep(0.1)
+        assert policy.calls == 1
+        runner.start_planning()
+        time.sleep(0.15)
+        assert policy.calls == 2
+        assert runner.act(obs(3.0), now=0.2, stamp=0.2).action[0] == 202  # planned from x=2, at its action 1
+        # A caller that never calls start_planning still gets its plan started by the next tick (late: it holds).
+        runner.act(obs(4.0), now=0.3, stamp=0.3)
+        held = runner.act(obs(5.0), now=0.4, stamp=0.4)
+        assert isinstance(held, Hold) and "still being planned" in held.reason
+    finally:
+        runner.close()

@@ -42,14 +42,17 @@ __all__ = ["CAMERAS", "LOWDIM", "NodeBenchConfig", "Probe", "REPO", "fresh_check
 @dataclass
 class NodeBenchConfig:
     seconds: float = 10.0  # measured seconds per latency configuration
-    state_hz: float = 500.0  # rate of the probe's joint state / pose (bounds the wait for a tick)
+    state_hz: float = 500.5  # rate of the probe's joint state / pose (bounds the wait for a tick)
     fuzz_messages: int = 100_000  # malformed / NaN / out-of-range / stale / out-of-order messages
     minutes: float = 0.0  # soak: run the node this long at 100 Hz instead (0 = no soak)
     soak_peer: str = "sim"  # soak against: sim = the MuJoCo sim mock at 100 Hz (as deployed); probe = synthetic state
     cameras: bool = True  # also time the 20 Hz configuration with two 84x84 cameras
     startup_timeout_s: float = 120.0  # how long to wait for the node's first command
     frame_cache: bool = True  # also time a two-camera policy with and without the encoder's frame-feature cache
-    plan_ahead: bool = True  # the node plans each chunk one tick early on a worker thread (its default)
+    plan_ahead: bool = True  # the node plans each chunk one tick early, off the control thread (its default)
+    planner: str = "thread"  # where the node plans ahead: thread (its default) or process
+    pin_node: bool = False  # also pin the node to the last CPU (cpu_affinity) and add an unpinned 100 Hz run as the
+    #   baseline; on the shared 2-core machine it measured no clear gain (docs/benchmarks.md)
 
 
 # --------------------------------------------------------------------------------------------- measurements
@@ -58,13 +61,19 @@ class NodeUnderTest:
     mock (its own process, stepping at the node's rate) plays the robot instead and the probe only listens."""
 
     def __init__(self, workdir: Path, name: str, rate: float, obs_spec: dict[str, Any], image_keys: tuple[str, ...],
-                 sim_peer: bool = False, plan_ahead: bool = True):
+                 sim_peer: bool = False, plan_ahead: bool = True, planner: str = "thread", pin: bool = False):
+        """``pin``: the node is pinned to the last CPU (``cpu_affinity``), as a robot PC would give its control
+        process an isolated core (only with 2 or more CPUs; the probe is not pinned, its state stream must not
+        fall behind)."""
         self.rate = rate
+        cpus = sorted(os.sched_getaffinity(0))
+        self.pinned = pin and len(cpus) >= 2
         self.mock = (RosProcess("sim.ros_mock", MOCK_PARAMS, {"control_hz": float(rate)}, workdir / f"{name}_mock.log")
                      if sim_peer else None)
         ckpt = fresh_checkpoint(workdir / f"{name}_ckpt", obs_spec)
         overrides = {"checkpoint": str(ckpt), "control_hz": float(rate), "safety.control_dt": 1.0 / rate,
-                     "start_armed": True, "plan_ahead": plan_ahead,
+                     "start_armed": True, "plan_ahead": plan_ahead, "planner": planner,
+                     "cpu_affinity": cpus[-1:] if self.pinned else [],
                      "image_topics": [f"{k}=/camera/{k.rsplit('_', 1)[0]}/color/image_raw" for k in image_keys]}
         # The probe publishes the pose itself; hearing its own 500 Hz stream back would only load this process.
         self.probe = Probe(image_keys, record_poses=sim_peer)
@@ -138,14 +147,25 @@ def measure_latency(nut: NodeUnderTest, seconds: float, state_hz: float) -> dict
         gc.enable()
     after = nut.diag()
     sent = probe.sent
-    lat = np.array([recv - sent[m.header.frame_id][0] for recv, m in list(probe.commands)
-                    if m.header.frame_id in sent and stamp_to_sec(m.header.stamp) <= t_end_wall]) * 1e3
+    wall_to_mono = time.monotonic() - time.time()
+    # Per command: (arrival - observation sent, tick start - observation sent). The second part is how old the
+    # newest state was when the tick began (at most one state period plus DDS), the rest is the node's tick up to
+    # the publish and the DDS hop back.
+    parts = np.array([(recv - sent[m.header.frame_id][0], stamp_to_sec(m.header.stamp) + wall_to_mono
+                       - sent[m.header.frame_id][0]) for recv, m in list(probe.commands)
+                      if m.header.frame_id in sent and stamp_to_sec(m.header.stamp) <= t_end_wall]).reshape(-1, 2) * 1e3
+    lat, age = parts[:, 0], parts[:, 1]
     missed = (after.get("missed_deadlines", 0) - before.get("missed_deadlines", 0)
               + after.get("overruns", 0) - before.get("overruns", 0))
     return {"rate_hz": nut.rate, "commands": int(lat.size), "expected": int(elapsed * nut.rate),
             "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
             "p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
             "tick_p50_ms": after.get("loop_ms_p50", float("nan")), "tick_p99_ms": after.get("loop_ms_p99", float("nan")),
+            "age_at_tick_p50_ms": float(np.percentile(age, 50)) if age.size else float("nan"),
+            "tick_to_arrival_p50_ms": float(np.percentile(lat - age, 50)) if lat.size else float("nan"),
+            "tick_to_arrival_p99_ms": float(np.percentile(lat - age, 99)) if lat.size else float("nan"),
+            "sections_p50_ms": after.get("loop_sections_ms_p50", {}), "plan_p50_ms": after.get("plan_ms_p50", float("nan")),
+            "plan_p99_ms": after.get("plan_ms_p99", float("nan")), "late_plans": after.get("late_plans", 0) - before.get("late_plans", 0),
             "missed": int(missed), "cpu_percent": float(cpu),
             "unsafe": len(unsafe_commands(list(probe.commands), probe.sent, nut.limits))}
 
@@ -222,8 +242,6 @@ def fuzz(nut: NodeUnderTest, messages: int, seed: int = 0) -> dict[str, Any]:
     commands = list(probe.commands)
     problems = unsafe_commands(commands, probe.sent, nut.limits)
     # A command's stamp is when the node decided it; by then its inputs may be at most max_age old.
-    from hardware.ros_convert import stamp_to_sec
-
     for _, cmd in commands:
         source = probe.sent.get(cmd.header.frame_id)
         if source is not None and np.allclose(_position(cmd), source[1], atol=1e-9):
@@ -344,7 +362,7 @@ def run_node_bench(config: NodeBenchConfig) -> dict[str, Any]:
             if config.soak_peer not in ("sim", "probe"):
                 raise ValueError(f"--soak-peer must be sim or probe, not {config.soak_peer!r}")
             nut = NodeUnderTest(work, "soak", 100.0, LOWDIM, (), sim_peer=config.soak_peer == "sim",
-                                plan_ahead=config.plan_ahead)
+                                plan_ahead=config.plan_ahead, planner=config.planner)
             try:
                 nut.start(config.startup_timeout_s)
                 result = soak(nut, config.minutes)
@@ -371,17 +389,21 @@ def run_node_bench(config: NodeBenchConfig) -> dict[str, Any]:
                        "p50_ms": None, "p99_ms": None, "unsafe_published": 0, "fuzz_messages": 0, "cpu_percent": None}
             print_json_line(figures)
             return figures
-        runs = [("lowdim_50hz", 50.0, LOWDIM, ()), ("lowdim_100hz", 100.0, LOWDIM, ())]
+        pin = config.pin_node
+        runs = [("lowdim_50hz", 50.0, LOWDIM, (), pin), ("lowdim_100hz", 100.0, LOWDIM, (), pin)]
+        if pin:
+            runs.append(("lowdim_100hz_unpinned", 100.0, LOWDIM, (), False))
         if config.cameras:
-            runs.append(("cameras_20hz", 20.0, {**LOWDIM, **CAMERAS}, tuple(CAMERAS)))
+            runs.append(("cameras_20hz", 20.0, {**LOWDIM, **CAMERAS}, tuple(CAMERAS), pin))
         if config.seconds <= 0:  # only the in-process measurements
             runs = []
         results, fuzz_result = {}, None
-        for name, rate, spec, images in runs:
-            nut = NodeUnderTest(work, name, rate, spec, images, plan_ahead=config.plan_ahead)
+        for name, rate, spec, images, pinned in runs:
+            nut = NodeUnderTest(work, name, rate, spec, images, plan_ahead=config.plan_ahead, planner=config.planner,
+                                pin=pinned)
             try:
                 nut.start(config.startup_timeout_s)
-                results[name] = measure_latency(nut, config.seconds, config.state_hz)
+                results[name] = {**measure_latency(nut, config.seconds, config.state_hz), "pinned": nut.pinned}
                 if name == "lowdim_100hz" and config.fuzz_messages > 0:
                     fuzz_result = fuzz(nut, config.fuzz_messages)
             finally:
@@ -390,6 +412,12 @@ def run_node_bench(config: NodeBenchConfig) -> dict[str, Any]:
             rows.append((f"{name} obs->command p50 / p99",
                          f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} ms",
                          f"node tick alone {r['tick_p50_ms']:.2f} / {r['tick_p99_ms']:.2f} ms"))
+            rows.append((f"{name}   of which tick start -> arrival", f"{r['tick_to_arrival_p50_ms']:.2f} / "
+                         f"{r['tick_to_arrival_p99_ms']:.2f} ms", f"state age at tick start p50 {r['age_at_tick_p50_ms']:.2f} ms"))
+            sections = ", ".join(f"{k} {v:.2f}" for k, v in r["sections_p50_ms"].items())
+            rows.append((f"{name} tick sections p50", sections or "-", f"plans {r['plan_p50_ms']:.1f} / "
+                         f"{r['plan_p99_ms']:.1f} ms, {r['late_plans']} late ({config.planner} planner"
+                         f"{', node on its own core' if r['pinned'] else ', nothing pinned'})"))
             rows.append((f"{name} missed deadlines", str(r["missed"]), f"{r['commands']} commands, {r['expected']} periods"))
             rows.append((f"{name} node CPU", f"{r['cpu_percent']:.1f} %", "of one core"))
         if fuzz_result is not None:
@@ -413,7 +441,9 @@ def run_node_bench(config: NodeBenchConfig) -> dict[str, Any]:
                    "fuzz_messages": int(fuzz_result["messages"]) if fuzz_result else 0,
                    "cpu_percent": num(main_run["cpu_percent"]),
                    **{f"{n}_{k}": round(v, 3) for n, r in results.items() for k, v in r.items()
-                      if k in ("p50_ms", "p99_ms", "missed", "cpu_percent", "tick_p99_ms")},
+                      if k in ("p50_ms", "p99_ms", "missed", "cpu_percent", "tick_p99_ms", "tick_to_arrival_p99_ms",
+                               "late_plans")},
+                   "planner": config.planner if config.plan_ahead else "none",
                    **({f"frame_cache_{k}": round(v, 3) for k, v in cache.items()} if cache else {})}
         print_json_line(figures)
     return figures

@@ -121,10 +121,13 @@ class Probe:
         self.diagnostics: list[dict[str, Any]] = []
         self.episodes: list[dict[str, Any]] = []
         self.poses: list[tuple[float, Any]] = []
+        # Commands are timed by their arrival in this process's middleware (rmw's receipt stamp), not by when this
+        # executor thread got round to the callback: the probe's own publishing holds the interpreter meanwhile,
+        # and that wait is the harness's, not the node's.
         self.node.create_subscription(PoseStamped, "/cartesian_impedance_controller/target_pose",
-                                      lambda m: self.commands.append((time.monotonic(), m)), keep)
+                                      lambda m, info: self.commands.append((_arrival(info), m)), keep)
         self.node.create_subscription(PoseStamped, "/robo_policy_node/proposed/pose",
-                                      lambda m: self.proposed.append((time.monotonic(), m)), keep)
+                                      lambda m, info: self.proposed.append((_arrival(info), m)), keep)
         self.node.create_subscription(Float64, "/gripper/width_command",
                                       lambda m: self.grippers.append((time.monotonic(), m.data)), keep)
         self.node.create_subscription(String, "/robo_policy_node/diagnostics",
@@ -193,6 +196,13 @@ class Probe:
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.ctx)
+
+
+def _arrival(info: Any) -> float:
+    """When a message reached the middleware, on time.monotonic() (now, if the rmw gave no receipt stamp)."""
+    received_ns = info.get("received_timestamp", 0) if isinstance(info, dict) else 0
+    now = time.monotonic()
+    return min(now, received_ns * 1e-9 + now - time.time()) if received_ns > 0 else now
 
 
 def time_msg(seconds: float) -> Any:

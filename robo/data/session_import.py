@@ -2,8 +2,8 @@
 operator's corrections feed the next round of training (HG-DAgger style).
 
 The bag (``hardware/session_recorder.py``) holds the node's configuration once (``/robo_policy_node/session``),
-the state messages it received, the operator's twist, the commands it sent and one provenance message per control
-tick. The provenance messages are the clock: each tick that sent a command becomes one dataset step, with
+the state messages its control ticks used, the operator's twist, the commands it sent and one provenance message
+per control tick. The provenance messages are the clock: each tick that sent a command becomes one dataset step, with
 
 * the observation the node acted on: the newest state message of every stream recorded before the tick's command
   (the control tick takes its inputs and records them before it acts, so these are exactly the messages it had);

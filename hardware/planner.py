@@ -1,0 +1,183 @@
+"""Where the policy runs when the runner plans ahead with a clock: a thread of this process, or a process of its own.
+
+Both hand out ``submit(history) -> Future`` resolving to ``(chunk, seconds the policy took)``; the runner holds one
+plan in flight at a time and never waits for it (hardware/runner.py).
+
+* :class:`ThreadPlanner` (the default, also the node's): a worker thread. Simple, but the policy's Python shares
+  the interpreter lock with the control tick, so a plan in progress stretches the ticks it overlaps.
+* :class:`ProcessPlanner` (the node's ``planner: process``): the policy in a spawned child process (nothing of ROS
+  or DDS is inherited), fed over a pipe. The control thread then shares nothing with inference but the CPU: the
+  choice for a robot PC with a core to spare. On a machine with fewer cores than busy processes it can be worse
+  (measured on the shared 2-core CI machine: `robo bench node --planner process`), and a planner niced below its
+  peers there starves and plans late. The child loads the policy with the same loader and checks as the node, from
+  the same files, so it runs the weights the node validated.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+History = dict[str, np.ndarray]
+
+
+class ThreadPlanner:
+    def __init__(self, predict: Callable[[History], np.ndarray]):
+        self._predict = predict
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy_plan")
+
+    def submit(self, history: History) -> Future:
+        return self._pool.submit(_timed, self._predict, history)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _timed(predict: Callable[[History], np.ndarray], history: History) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    chunk = np.asarray(predict(history))
+    return chunk, time.perf_counter() - started
+
+
+class PlannerError(RuntimeError):
+    """The planner process failed: it could not load the policy, the policy raised, or the process is gone."""
+
+
+class ProcessPlanner:
+    """``load()`` (picklable, e.g. ``functools.partial(load_numpy_policy, config)``) runs in the child and returns an
+    object with ``predict(history) -> chunk``. The constructor waits until the child has loaded it, and raises a
+    one-line :class:`PlannerError` if it cannot."""
+
+    def __init__(self, load: Callable[[], Any], niceness: int = 0, start_timeout_s: float = 300.0):
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, load, niceness), name="policy_planner", daemon=True)
+        self._proc.start()
+        child.close()
+        self._next_id = 0
+        self._waiting: _PipeFuture | None = None
+        if not self._conn.poll(start_timeout_s):
+            self.close()
+            raise PlannerError(f"the policy process did not load the policy within {start_timeout_s:.0f} s")
+        reply = self._receive()
+        if reply[0] != "ready":
+            self.close()
+            raise PlannerError(f"the policy process could not load the policy: {reply[-1]}")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def submit(self, history: History) -> Future:
+        """Send ``history``; a plan still in flight (the runner forgot it at a reset) is abandoned."""
+        self._next_id += 1
+        self._waiting = _PipeFuture(self, self._next_id)
+        try:
+            self._conn.send((self._next_id, history))
+        except (OSError, ValueError) as err:
+            self._waiting.fail(PlannerError(f"the policy process is gone ({type(err).__name__}); restart the node"))
+        return self._waiting
+
+    def _receive(self) -> tuple[Any, ...]:
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            code = self._proc.exitcode if self._proc.exitcode is not None else "unknown"
+            return ("gone", f"the policy process exited (code {code}); restart the node")
+
+    def _poll(self) -> None:
+        """Collect every reply that has arrived; resolve the waiting future if its reply is among them."""
+        while self._waiting is not None and not self._waiting.resolved():
+            try:
+                ready = self._conn.poll()
+            except (EOFError, OSError):
+                ready = True
+            if not ready:
+                if not self._proc.is_alive() and not self._conn.poll():
+                    self._waiting.fail(PlannerError(
+                        f"the policy process exited (code {self._proc.exitcode}); restart the node"))
+                return
+            reply = self._receive()
+            if reply[0] == "gone":
+                self._waiting.fail(PlannerError(reply[1]))
+            elif reply[1] == self._waiting.request:  # ("chunk" | "error", request id, payload, seconds)
+                if reply[0] == "chunk":
+                    self._waiting.set_result((reply[2], reply[3]))
+                else:
+                    self._waiting.fail(PlannerError(f"the policy raised: {reply[2]}"))
+            # else: the reply to an abandoned request
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            try:
+                self._conn.send(None)
+            except (OSError, ValueError):
+                pass
+            self._proc.join(timeout=5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout=5)
+        self._conn.close()
+
+
+class _PipeFuture(Future):
+    """A Future whose ``done()`` / ``result()`` collect the planner's reply from the pipe (no thread in between)."""
+
+    def __init__(self, planner: ProcessPlanner, request: int):
+        super().__init__()
+        self._planner, self.request = planner, request
+
+    def resolved(self) -> bool:
+        """Whether the reply is in, without reading the pipe."""
+        return super().done()
+
+    def done(self) -> bool:
+        if not super().done():
+            self._planner._poll()
+        return super().done()
+
+    def result(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("no reply from the policy process")
+            self._planner._conn.poll(0.001)
+        return super().result()
+
+    def fail(self, err: BaseException) -> None:
+        if not super().done():
+            self.set_exception(err)
+
+
+def _serve(conn: Any, load: Callable[[], Any], niceness: int) -> None:
+    """The child: load the policy, then answer (id, history) with ("chunk", id, chunk, seconds) until told to stop."""
+    if niceness:
+        try:
+            os.nice(niceness)
+        except OSError:
+            pass
+    try:
+        policy = load()
+    except Exception as err:  # noqa: BLE001 - reported to the node in one line
+        conn.send(("error", 0, f"{type(err).__name__}: {err}".splitlines()[0]))
+        return
+    conn.send(("ready", ""))
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        if request is None:
+            return
+        request_id, history = request
+        try:
+            chunk, seconds = _timed(policy.predict, history)
+            conn.send(("chunk", request_id, chunk, seconds))
+        except Exception as err:  # noqa: BLE001 - the node holds and says why
+            conn.send(("error", request_id, f"{type(err).__name__}: {err}".splitlines()[0]))
