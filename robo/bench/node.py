@@ -50,7 +50,7 @@ class NodeBenchConfig:
     startup_timeout_s: float = 120.0  # how long to wait for the node's first command
     frame_cache: bool = True  # also time a two-camera policy with and without the encoder's frame-feature cache
     plan_ahead: bool = True  # the node plans each chunk one tick early, off the control thread (its default)
-    planner: str = "thread"  # where the node plans ahead: thread (its default) or process
+    planner: str = "process"  # where the node plans ahead: process (its default) or thread
     pin_node: bool = False  # also pin the node to the last CPU (cpu_affinity) and add an unpinned 100 Hz run as the
     #   baseline; on the shared 2-core machine it measured no clear gain (docs/benchmarks.md)
 
@@ -61,7 +61,7 @@ class NodeUnderTest:
     mock (its own process, stepping at the node's rate) plays the robot instead and the probe only listens."""
 
     def __init__(self, workdir: Path, name: str, rate: float, obs_spec: dict[str, Any], image_keys: tuple[str, ...],
-                 sim_peer: bool = False, plan_ahead: bool = True, planner: str = "thread", pin: bool = False):
+                 sim_peer: bool = False, plan_ahead: bool = True, planner: str = "process", pin: bool = False):
         """``pin``: the node is pinned to the last CPU (``cpu_affinity``), as a robot PC would give its control
         process an isolated core (only with 2 or more CPUs; the probe is not pinned, its state stream must not
         fall behind)."""
