@@ -8,9 +8,9 @@ plan in flight at a time and never waits for it (hardware/runner.py).
   progress stretches the ticks it overlaps.
 * :class:`ProcessPlanner` (the ROS node's default, ``planner: process``): the policy in a spawned child process
   (nothing of ROS or DDS is inherited), fed over a pipe, so the control thread shares nothing with inference but
-  the CPU. On the shared 2-core machine it measured a 100 Hz obs->command p99 of 4.7-4.9 ms against 5.2-6.0 ms with the
-  thread (`robo bench node --planner thread|process`, docs/benchmarks.md), at the price of a second process with
-  its own copy of torch and the weights. The child loads the policy with the same loader and checks as the node,
+  the CPU. On the shared 2-core machine it measured a 100 Hz obs->command p99 of 4.7-4.9 ms against 5.2-6.0 ms
+  with the thread (`robo bench node --planner thread|process`, docs/benchmarks.md), at the price of a second
+  process with its own copy of torch and the weights. The child loads the policy with the same loader and checks as the node,
   from the same files, so it runs the weights the node validated. It runs at the node's priority: niced to 19 it
   starved behind the sim mock and the test process and planned late (7/10 Lift successes over DDS in that run).
 """
