@@ -35,13 +35,14 @@ class ThreadPlanner:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy_plan")
 
     def submit(self, history: History) -> Future:
-        return self._pool.submit(_timed, self._predict, history)
+        return self._pool.submit(timed_predict, self._predict, history)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
 
-def _timed(predict: Callable[[History], np.ndarray], history: History) -> tuple[np.ndarray, float]:
+def timed_predict(predict: Callable[[History], np.ndarray], history: History) -> tuple[np.ndarray, float]:
+    """(chunk, seconds the policy took)."""
     started = time.perf_counter()
     chunk = np.asarray(predict(history))
     return chunk, time.perf_counter() - started
@@ -179,7 +180,7 @@ def _serve(conn: Any, load: Callable[[], Any], niceness: int) -> None:
             return
         request_id, history = request
         try:
-            chunk, seconds = _timed(policy.predict, history)
+            chunk, seconds = timed_predict(policy.predict, history)
             conn.send(("chunk", request_id, chunk, seconds))
         except Exception as err:  # noqa: BLE001 - the node holds and says why
             conn.send(("error", request_id, f"{type(err).__name__}: {err}".splitlines()[0]))

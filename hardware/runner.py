@@ -16,9 +16,10 @@ policy call or a late tick the actions whose time has passed are dropped instead
 
 Planning ahead (``plan_ahead``): the tick that hands out a chunk's last action also starts planning the next chunk
 from the history as it stands, and the next tick starts that chunk at its action 1 (the one for that tick). With a
-clock the policy runs on a worker thread, so no control tick waits for the network: if a plan is still running
-when its chunk is due (the policy is slower than a period), the tick holds, and once it arrives the actions whose
-time has passed are dropped as above. Without a clock (simulated evaluation) the same schedule is emulated exactly,
+clock the policy runs on a planner (a worker thread, or for the ROS node a process of its own: hardware/planner.py)
+and, with ``defer_plan_start``, only once the caller has finished its tick, so no control tick waits for the
+network: if a plan is still running when its chunk is due (the policy is slower than a period), the tick holds,
+and once it arrives the actions whose time has passed are dropped as above. Without a clock (simulated evaluation) the same schedule is emulated exactly,
 so ``robo eval`` (plan ahead by default) scores what the node executes: each chunk is conditioned on an observation
 one tick older than when planning in the tick.
 """
@@ -26,7 +27,6 @@ one tick older than when planning in the tick.
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hardware.kinematics import DHChain
-from hardware.planner import ThreadPlanner
+from hardware.planner import ThreadPlanner, timed_predict
 from hardware.safety import Hold, MeasuredState, SafeCommand, SafetyFilter, SafetyLimits
 
 __all__ = ["Act", "ChunkPolicy", "Hold", "PolicyRunner", "RunnerConfig", "obs_spec_from_space"]
@@ -222,9 +222,8 @@ class PolicyRunner:
     def _plan(self, history: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """The executed part (batch, n_action_steps, A) of the chunk the policy predicts from ``history``."""
         history = {k: v.copy() for k, v in self._history.items()} if history is None else history
-        started = time.perf_counter()
-        chunk = np.asarray(self.policy.predict(history))
-        self.plan_s.append(time.perf_counter() - started)
+        chunk, seconds = timed_predict(self.policy.predict, history)
+        self.plan_s.append(seconds)
         return self._executed(chunk)
 
     def _executed(self, chunk: np.ndarray) -> np.ndarray:
@@ -240,7 +239,7 @@ class PolicyRunner:
         history = {k: v.copy() for k, v in self._history.items()}
         if now is None:  # lockstep: the same schedule, computed at once
             future: Future = Future()
-            future.set_result(self._plan(history))
+            future.set_result(timed_predict(self.policy.predict, history))
             self._pending = (future, None)
             return
         self._due = (history, self._newest_stamp(now, stamps))
@@ -264,17 +263,14 @@ class PolicyRunner:
             self.late_plans += 1
             return Hold("the next action chunk is still being planned (the policy is slower than a control period)")
         self._pending = None
-        if planned_at is None:  # lockstep: planned in this process, _plan already sliced and timed it
-            self._queue = future.result()
-        else:
-            try:
-                chunk, seconds = future.result()
-                self._queue = self._executed(chunk)
-            except Exception as err:  # noqa: BLE001 - a failed plan holds the arm, says why, and keeps holding
-                self.plan_failures += 1
-                self._plan_failed = f"planning failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-                return Hold(self._plan_failed)
-            self.plan_s.append(seconds)
+        try:
+            chunk, seconds = future.result()
+        except Exception as err:  # noqa: BLE001 - a failed plan holds the arm, says why, and keeps holding
+            self.plan_failures += 1
+            self._plan_failed = f"planning failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            return Hold(self._plan_failed)
+        self._queue = self._executed(chunk)
+        self.plan_s.append(seconds)
         if now is None or planned_at is None:
             self._cursor[:] = 1
             return None
