@@ -74,6 +74,9 @@ class DeployConfig:
     operator_twist_topic: str = "/operator/twist"  # TwistStamped (m/s, rad/s, base frame): while fresh, it drives
     operator_gripper_topic: str = "/operator/gripper"  # Float64 -1 open .. +1 close, used while the operator drives
     operator_timeout_s: float = 0.2  # the operator holds the arm while its twist is this fresh; then the policy resumes
+    torch_threads: int = 1  # intra-op threads of the policy (node and planner process alike): the one-step
+    #   policy's small layers gain nothing from more, and idle OpenMP workers spinning on the cores the control
+    #   loop and the drivers need cost jitter; 0 = torch's default (one per core)
     cpu_affinity: list[int] = field(default_factory=list)  # pin the node (all its threads) to these CPUs, e.g.
     #   an isolated core of its own (hardware/ros_spin.py: pin_process); [] = wherever the OS schedules it
     record_bag: str = ""  # rosbag2 directory to record the session (state, commands, per-tick provenance); "" = off
@@ -84,6 +87,8 @@ class DeployConfig:
             raise DeployConfigError(f"output '{self.output}' is not one of {OUTPUTS}")
         if self.planner not in PLANNERS:
             raise DeployConfigError(f"planner '{self.planner}' is not one of {PLANNERS}")
+        if self.torch_threads < 0:
+            raise DeployConfigError(f"torch_threads must be 0 (torch's default) or more, got {self.torch_threads}")
         if self.control_hz <= 0:
             raise DeployConfigError(f"control_hz must be positive, got {self.control_hz}")
         if abs(self.safety.control_dt - 1.0 / self.control_hz) > 1e-6:

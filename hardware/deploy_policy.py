@@ -12,16 +12,28 @@ from hardware.deploy_config import DeployConfig, DeployConfigError, split_mappin
 
 
 class NumpyPolicy:
-    """numpy in, numpy out, no autograd: what the runner calls."""
+    """numpy in, numpy out, no autograd: what the runner calls, in ``robo eval`` and on the robot alike. Sampling
+    noise comes from the policy's own generator, so :meth:`reseed` makes a run reproducible."""
 
-    def __init__(self, policy: Any, steps: int = 0):
-        self.policy, self.kwargs = policy, ({"steps": steps} if steps else {})
+    def __init__(self, policy: Any, steps: int = 0, scheduler: str = ""):
+        import torch
+
+        self.policy, self.kwargs = policy, {}
+        if steps:
+            self.kwargs["steps"] = steps
+        if scheduler:
+            self.kwargs["scheduler"] = scheduler
+        self.generator = torch.Generator()
+
+    def reseed(self, *entropy: int) -> None:
+        """Restart the noise stream from ``entropy`` (e.g. the evaluation seed and a wave index)."""
+        self.generator.manual_seed(int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0]) >> 1)
 
     def predict(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
         with torch.no_grad():
-            return self.policy.predict(obs, **self.kwargs).detach().float().cpu().numpy()
+            return self.policy.predict(obs, generator=self.generator, **self.kwargs).detach().float().cpu().numpy()
 
 
 def provided_obs_spec(config: DeployConfig, wanted: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, Any]:
@@ -46,7 +58,12 @@ def provided_obs_spec(config: DeployConfig, wanted: dict[str, tuple[tuple[int, .
 
 def load_policy(config: DeployConfig) -> tuple[Any, Any, dict[str, Any]]:
     """(policy, spec, manifest) from a deploy artifact or a checkpoint; refuses, in one line, one whose
-    observation spec the robot does not provide or whose action size is not 7."""
+    observation spec the robot does not provide or whose action size is not 7. Sets torch's intra-op threads to
+    ``config.torch_threads`` first, so every process that runs the policy runs it alike."""
+    if config.torch_threads:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
     path = Path(config.checkpoint)
     if not config.checkpoint or not path.is_dir():
         raise DeployConfigError(f"checkpoint '{config.checkpoint}' is not a directory; pass -p checkpoint:=<dir>")

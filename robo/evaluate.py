@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
+from hardware.deploy_policy import NumpyPolicy
 from hardware.runner import Hold, PolicyRunner, RunnerConfig
 
 EVAL_SEED_OFFSET = 10_000  # test episodes: robo eval and every reported figure
@@ -87,26 +87,6 @@ def cameras_for(obs_keys: list[str]) -> tuple[str, ...]:
     return tuple(cams)
 
 
-class _PolicyAdapter:
-    """numpy in, numpy out, no autograd: what the runner calls. Sampling noise comes from a seeded generator."""
-
-    def __init__(self, policy: Any, steps: int, scheduler: str):
-        self.policy, self.kwargs = policy, {}
-        if steps:
-            self.kwargs["steps"] = steps
-        if scheduler:
-            self.kwargs["scheduler"] = scheduler
-        self.generator = torch.Generator()
-
-    def reseed(self, *entropy: int) -> None:
-        """Restart the policy's noise stream from ``entropy`` (e.g. the evaluation seed and a wave index)."""
-        self.generator.manual_seed(int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0]) >> 1)
-
-    @torch.no_grad()
-    def predict(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.policy.predict(obs, generator=self.generator, **self.kwargs).detach().float().cpu().numpy()
-
-
 def evaluate_policy(policy: Any, config: EvalConfig) -> dict[str, Any]:
     """Roll ``policy`` out in simulation; writes results.json, summary.png and videos under ``config.output_dir``."""
     from policies.checkpoint import check_against
@@ -130,7 +110,7 @@ def evaluate_policy(policy: Any, config: EvalConfig) -> dict[str, Any]:
                       venv.single_action_space.shape[0])
         runner_cfg = RunnerConfig(n_obs=spec.n_obs, n_action_steps=config.n_action_steps or spec.n_action_steps,
                                   plan_ahead=config.plan_ahead and (config.n_action_steps or spec.n_action_steps) > 1)
-        adapter = _PolicyAdapter(policy, config.inference_steps, config.scheduler)
+        adapter = NumpyPolicy(policy, config.inference_steps, config.scheduler)
         # The deployed safety filter, with the sim's world-frame workspace: what is evaluated is what is deployed.
         from hardware.kinematics import FRANKA
         from hardware.safety import SIM_PANDA_LIMITS

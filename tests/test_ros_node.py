@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from hardware.deploy_config import DeployConfigError, load_deploy_config
 from hardware.ros_convert import MessageError, image_to_numpy, joint_positions, numpy_to_image, pose_to_arrays
@@ -107,6 +108,9 @@ def test_parameter_typos_and_contradictions_are_refused(tmp_path):
     bad.write_text("/**:\n  ros__parameters:\n    image_topics: ['agentview_rgb:/camera']\n")
     with pytest.raises(DeployConfigError, match="observation_key=/topic"):
         load_deploy_config(bad)
+    bad.write_text("/**:\n  ros__parameters:\n    torch_threads: -1\n")
+    with pytest.raises(DeployConfigError, match="torch_threads must be 0"):
+        load_deploy_config(bad)
 
 
 def test_a_checkpoint_the_robot_cannot_feed_is_refused_in_one_line(tmp_path):
@@ -119,7 +123,14 @@ def test_a_checkpoint_the_robot_cannot_feed_is_refused_in_one_line(tmp_path):
         load_policy(fr3)
     assert "\n" not in str(err.value)
     sim = load_deploy_config(REPO / "hardware" / "robots" / "sim_panda_deploy.yaml", {"checkpoint": str(ckpt)})
-    policy, spec, _ = load_policy(sim)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        policy, spec, _ = load_policy(sim)
+        # Node and planner process run the policy on the configured intra-op threads (default 1), not torch's.
+        assert sim.torch_threads == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert set(spec.obs_keys) == set(LOWDIM)
 
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from hardware.ros_convert import stamp_to_sec
 from robo.bench.common import print_json_line, print_table
+from robo.bench.soak import soak, soak_rows
 from robo.bench.ros_probe import (CAMERAS, HOME_POS, HOME_QUAT, LOWDIM, MOCK_PARAMS, REPO, SIM_PARAMS, Probe,
                                   RosProcess, time_msg, fresh_checkpoint, unsafe_commands, wait_for)
 
@@ -51,6 +52,7 @@ class NodeBenchConfig:
     frame_cache: bool = True  # also time a two-camera policy with and without the encoder's frame-feature cache
     plan_ahead: bool = True  # the node plans each chunk one tick early, off the control thread (its default)
     planner: str = "process"  # where the node plans ahead: process (its default) or thread
+    output_dir: Path = Path("data/bench/node")  # the soak's soak.json (every sample) and soak.png
     pin_node: bool = False  # also pin the node to the last CPU (cpu_affinity) and add an unpinned 100 Hz run as the
     #   baseline; on the shared 2-core machine it measured no clear gain (docs/benchmarks.md)
 
@@ -297,61 +299,6 @@ def measure_frame_cache(calls: int = 40) -> dict[str, float]:
             "cached_p99_ms": float(on[1]), "speedup": float(off[0] / on[0])}
 
 
-def soak(nut: NodeUnderTest, minutes: float) -> dict[str, Any]:
-    """The node at its rate for ``minutes`` (against the sim mock or the probe's state): deadline drift (missed
-    deadlines and ticks per second, first third against last third of the run) and resident memory of every
-    process involved (node, sim mock, this probe)."""
-    t0 = time.monotonic()
-    samples = []  # (t, node rss, mock rss, probe rss, missed, ticks, loop p99, episodes)
-    next_state, next_sample = t0, t0 + 10.0
-    with tqdm(total=int(minutes * 60), desc="soak", unit="s", disable=not sys.stderr.isatty()) as bar:
-        while time.monotonic() - t0 < minutes * 60:
-            if time.monotonic() >= next_state:
-                nut.publish_valid()
-                next_state += 1.0 / 200.0
-            if time.monotonic() >= next_sample:
-                d = nut.probe.diagnostics[-1] if nut.probe.diagnostics else {}
-                samples.append((time.monotonic() - t0, nut.proc.rss_mb(), nut.mock.rss_mb() if nut.mock else 0.0,
-                                _own_rss_mb(), d.get("missed_deadlines", 0) + d.get("overruns", 0), d.get("ticks", 0),
-                                d.get("loop_ms_p99", float("nan")), len(nut.probe.episodes)))
-                next_sample += 10.0
-                for kept in (nut.probe.commands, nut.probe.sent, nut.probe.poses):
-                    kept.clear()  # keep the probe's own memory flat: it is measured too
-                del nut.probe.diagnostics[:-1]
-                bar.update(10)
-            time.sleep(max(0.0, min(next_state, next_sample) - time.monotonic()))
-    if len(samples) < 4:
-        raise ValueError(f"a soak needs at least 4 samples (10 s apart), got {len(samples)}; pass --minutes 0.7 or more")
-    cols = np.array(samples, float)
-    t, missed, ticks = cols[:, 0], cols[:, 4], cols[:, 5]
-    third = max(2, len(samples) // 3)  # rates need two samples per part
-    first, last = slice(0, third), slice(len(samples) - third, len(samples))
-
-    def per_s(values: np.ndarray, part: slice) -> float:
-        a, b = part.start, part.stop - 1
-        return float((values[b] - values[a]) / max(1e-9, t[b] - t[a])) if b > a else 0.0
-
-    def growth(column: int) -> tuple[float, float, float]:
-        start = cols[:max(1, len(cols) // 10), column].mean()  # after warm-up allocations settle
-        return float(start), float(cols[-1, column]), float((cols[-1, column] - start) / max(start, 1e-9) * 100)
-
-    node_mem, mock_mem, probe_mem = growth(1), growth(2), growth(3)
-    return {"minutes": minutes, "rss_first_mb": node_mem[0], "rss_last_mb": node_mem[1],
-            "rss_growth_percent": node_mem[2], "mock_rss_first_mb": mock_mem[0], "mock_rss_last_mb": mock_mem[1],
-            "mock_rss_growth_percent": mock_mem[2] if nut.mock else None, "probe_rss_growth_percent": probe_mem[2],
-            "missed": int(missed[-1]), "ticks": int(ticks[-1]), "episodes": int(cols[-1, 7]),
-            "missed_per_min_first": per_s(missed, first) * 60, "missed_per_min_last": per_s(missed, last) * 60,
-            "ticks_per_s_first": per_s(ticks, first), "ticks_per_s_last": per_s(ticks, last),
-            "loop_p99_ms_first": float(np.nanmedian(cols[first, 6])), "loop_p99_ms_last": float(np.nanmedian(cols[last, 6]))}
-
-
-def _own_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def run_node_bench(config: NodeBenchConfig) -> dict[str, Any]:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     figures: dict[str, Any] = {}
@@ -365,27 +312,15 @@ def run_node_bench(config: NodeBenchConfig) -> dict[str, Any]:
                                 plan_ahead=config.plan_ahead, planner=config.planner)
             try:
                 nut.start(config.startup_timeout_s)
-                result = soak(nut, config.minutes)
+                result = soak(nut, config.minutes, config.output_dir)
             finally:
                 nut.stop()
             peer = "MuJoCo sim mock at 100 Hz" if nut.mock else "probe state at 200 Hz"
-            rows += [("soak minutes at 100 Hz", f"{result['minutes']:.1f}",
-                      f"{result['ticks']} ticks against the {peer}, {result['episodes']} episodes"),
-                     ("node resident memory", f"{result['rss_growth_percent']:+.1f} %",
-                      f"{result['rss_first_mb']:.0f} -> {result['rss_last_mb']:.0f} MB"),
-                     ("ticks per second", f"{result['ticks_per_s_first']:.2f} -> {result['ticks_per_s_last']:.2f}",
-                      "first third -> last third"),
-                     ("missed deadlines", str(result["missed"]),
-                      f"per minute: first third {result['missed_per_min_first']:.1f}, "
-                      f"last third {result['missed_per_min_last']:.1f}"),
-                     ("node loop p99", f"{result['loop_p99_ms_first']:.2f} -> {result['loop_p99_ms_last']:.2f} ms",
-                      "median of the diagnostics' p99, first third -> last third")]
-            if nut.mock:
-                rows.append(("sim mock resident memory", f"{result['mock_rss_growth_percent']:+.1f} %",
-                             f"{result['mock_rss_first_mb']:.0f} -> {result['mock_rss_last_mb']:.0f} MB"))
+            rows = soak_rows(result, peer)
             print_table("robo bench node --minutes (policy node soak through DDS)", rows)
             figures = {"soak_minutes": result["minutes"], "soak_peer": config.soak_peer,
-                       **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items() if k != "minutes"},
+                       **{k: (round(v, 3) if isinstance(v, float) and v == v else (None if isinstance(v, float) else v))
+                          for k, v in result.items() if k != "minutes"},
                        "p50_ms": None, "p99_ms": None, "unsafe_published": 0, "fuzz_messages": 0, "cpu_percent": None}
             print_json_line(figures)
             return figures
