@@ -60,6 +60,8 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0  # gradient-norm clip
     value_warmup_iters: int = 2  # first iterations fit only the value net, to Monte-Carlo returns
     value_init: Path | None = None  # safetensors of a ValueNet to start from (e.g. an earlier run's value.safetensors)
+    value_from_critic: Path | None = None  # an offline IQL critic (robo improve's <out>/critic): its V becomes the
+    #   value function, fine-tuned online, and the Monte-Carlo warm-up is skipped (robo/rl/critic.py: CriticValue)
     sigma_floor: float = 0.1  # chain: lower bound on every denoising step's std (sampling and likelihood; DPPO 0.1)
     mean_eta: float = 1.0  # chain: DDIM eta of each step's mean (1 = sample_chain's; 0 collapsed training success on Lift)
     noise_clip: float = 3.0  # clip exploration noise draws at this many std (0 = off)
@@ -165,7 +167,15 @@ def train_online(config: FinetuneConfig, venv: Any = None,
     task = config.task or extra.get("task", "")
     spec = policy.spec
     actor = build_actor(policy, config)
-    value = ValueNet(policy).to(device)
+    if config.value_from_critic is not None and config.value_init is not None:
+        raise ValueError("pass --value-init or --value-from-critic, not both")
+    if config.value_from_critic is not None:
+        from robo.rl.critic import CriticValue
+
+        value: Any = CriticValue.from_saved(config.value_from_critic, task, config.gamma, spec.n_action_steps,
+                                            list(spec.obs_keys)).to(device)
+    else:
+        value = ValueNet(policy).to(device)
     trainable = [p for p in actor.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam([{"params": trainable, "lr": config.noise_lr if noise else config.lr},
                                   {"params": list(value.parameters()), "lr": config.critic_lr}])
@@ -232,7 +242,8 @@ def train_online(config: FinetuneConfig, venv: Any = None,
         train_time, train_steps, rollout_time, env_time = 0.0, 0, 0.0, 0.0
         while state["env_steps"] < config.env_steps:
             it = state["iteration"]
-            warmup = it < config.value_warmup_iters and not (resuming or config.value_init is not None)
+            started_value = config.value_init is not None or config.value_from_critic is not None
+            warmup = it < config.value_warmup_iters and not (resuming or started_value)
             generator = torch.Generator().manual_seed(_seed_of(config.seed, it, 1))
             started = time.perf_counter()
             policy.eval()

@@ -280,3 +280,51 @@ def test_student_gate_decision():
     short = gate_decision(teacher[:50], teacher[:50], 0.02)
     assert not short["passed"] and "at least 100" in short["reason"]
     assert gate_decision(teacher, [True] * 100, 0.02)["passed"]  # a better student ships
+
+
+def _saved_critic(tmp_path, **meta):
+    from robo.rl.critic import IQLConfig, IQLCritic
+
+    critic = IQLCritic(5, ACT * 4, IQLConfig(hidden=(16, 16)))
+    critic.s_norm.mean.copy_(torch.tensor([0.1, -0.1, 0.0, 0.02, 0.02]))
+    critic.s_norm.std.copy_(torch.tensor([0.2, 0.2, 0.2, 0.01, 0.01]))
+    fields = {"task": "Reach", "state_keys": ["eef_pos", "gripper_qpos"], "gamma": GAMMA, "chunk": 4, **meta}
+    critic.save(tmp_path / "critic", "fingerprint", {k: v for k, v in fields.items() if v is not None})
+    return critic, tmp_path / "critic"
+
+
+def test_offline_critic_becomes_the_online_value(tmp_path):
+    from robo.rl.critic import CriticMismatch, CriticValue
+
+    critic, path = _saved_critic(tmp_path)
+    value = CriticValue.from_saved(path, "Reach", GAMMA, 4, ["eef_pos", "gripper_qpos"])
+    obs = {"eef_pos": torch.randn(4, 2, 3), "gripper_qpos": torch.rand(4, 2, 2) * 0.04}
+    state = torch.cat([obs["eef_pos"][:, -1], obs["gripper_qpos"][:, -1]], dim=1)  # the newest step, critic order
+    assert torch.allclose(value(obs), critic.value(state))
+    value(obs).sum().backward()
+    assert all(p.grad is not None for p in value.v.parameters())  # PPO's value loss fine-tunes it
+    for meta, args, match in [({}, ("Lift", GAMMA, 4, ["eef_pos", "gripper_qpos"]), "fitted on task 'Reach'"),
+                              ({}, ("Reach", 0.99, 4, ["eef_pos", "gripper_qpos"]), "pass the same --gamma"),
+                              ({}, ("Reach", GAMMA, 8, ["eef_pos", "gripper_qpos"]), "executes 8"),
+                              ({}, ("Reach", GAMMA, 4, ["eef_pos"]), r"reads \['gripper_qpos'\]"),
+                              ({"state_keys": None}, ("Reach", GAMMA, 4, ["eef_pos"]), "does not record its state")]:
+        _, path = _saved_critic(tmp_path / str(len(match)), **meta)
+        with pytest.raises(CriticMismatch, match=match) as err:
+            CriticValue.from_saved(path, *args)
+        assert "\n" not in str(err.value)
+
+
+def test_trainer_starts_from_the_offline_critic_without_warmup(tmp_path):
+    _, path = _saved_critic(tmp_path)
+    ckpt = save_checkpoint(tmp_path / "bc", build("gaussian", "lowdim"), {"task": "Reach", "fps": 20})
+    cfg = FinetuneConfig(checkpoint=ckpt, output_dir=tmp_path / "ft", env_steps=32, chunks_per_iter=4, epochs=1,
+                         minibatch_size=4, value_warmup_iters=5, value_from_critic=path, gamma=GAMMA,
+                         eval_episodes=0, progress=False)
+    train_online(cfg, venv=toy_venv(2))
+    before, after = load_checkpoint(ckpt), load_checkpoint(tmp_path / "ft" / "ppo" / "last", use_ema=False)
+    # With the Monte-Carlo warm-up (5 iterations) the first iteration would move only the value net.
+    moved = [not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values())]
+    assert any(moved)
+    with pytest.raises(ValueError, match="not both"):
+        train_online(FinetuneConfig(**{**cfg.__dict__, "output_dir": tmp_path / "ft2", "value_init": path}),
+                     venv=toy_venv(2))

@@ -164,3 +164,44 @@ class IQLCritic(nn.Module):
         critic.load_state_dict(load_file(str(path / "critic.safetensors")))
         critic.meta = meta
         return critic
+
+
+class CriticValue(nn.Module):
+    """The offline critic's V(s) as the online PPO value function (``robo finetune --value-from-critic``): the same
+    network and input standardisation, fed the critic's state (the last step of its low-dim keys), then fine-tuned
+    by PPO's value loss. It starts from what the offline data taught instead of from zero, so the Monte-Carlo
+    warm-up iterations are skipped. Refused in one line when the critic's task, discount or chunk is not the online
+    stage's, or when the policy does not observe the critic's state keys."""
+
+    def __init__(self, critic: IQLCritic, state_keys: tuple[str, ...]):
+        super().__init__()
+        self.state_keys = tuple(state_keys)
+        self.s_norm, self.v = critic.s_norm, critic.v
+
+    @classmethod
+    def from_saved(cls, path: str | Path, task: str, gamma: float, chunk: int, obs_keys: list[str]) -> CriticValue:
+        critic = IQLCritic.load(path)
+        meta = critic.meta
+        if "state_keys" not in meta:
+            raise CriticMismatch(f"critic {path} does not record its state keys (saved by an older version); refit it "
+                                 f"with robo improve")
+        if meta.get("task") and task and meta["task"] != task:
+            raise CriticMismatch(f"critic {path} was fitted on task '{meta['task']}', this run refines '{task}'")
+        if abs(float(meta.get("gamma", gamma)) - gamma) > 1e-9 or int(meta.get("chunk", chunk)) != chunk:
+            raise CriticMismatch(f"critic {path} values chunks of {meta.get('chunk')} steps at gamma "
+                                 f"{meta.get('gamma')}; this run executes {chunk} at gamma {gamma}: pass the same "
+                                 f"--gamma or refit the critic")
+        missing = [k for k in meta["state_keys"] if k not in obs_keys]
+        if missing:
+            raise CriticMismatch(f"critic {path} reads {missing}, which the policy does not observe; refit it with "
+                                 f"--state-keys {','.join(obs_keys)}")
+        return cls(critic, tuple(meta["state_keys"]))
+
+    def forward(self, obs: dict[str, Any]) -> torch.Tensor:
+        parts = []
+        for key in self.state_keys:
+            value = torch.as_tensor(obs[key])
+            value = value[:, -1] if value.ndim >= 3 else value  # the newest step of the observation history
+            parts.append(value.reshape(len(value), -1).float())
+        device = next(self.v.parameters()).device
+        return self.v(self.s_norm(torch.cat(parts, dim=1).to(device))).squeeze(-1)

@@ -112,7 +112,10 @@ def fit_critic(data: OfflineData, config: ImproveConfig, out: Path, writer: Any)
                        IQLConfig(expectile=config.expectile, steps=config.critic_steps, seed=config.seed,
                                  progress=config.progress))
     critic.fit(data.chunks, log=lambda s, st: [writer.add_scalar(f"critic/{k}", v, s) for k, v in st.items()])
-    critic.save(out / "critic", data.fingerprint, {"dataset": str(data.path)})
+    # What an online stage needs to reuse V (robo finetune --value-from-critic): its state and its discount.
+    critic.save(out / "critic", data.fingerprint, {"dataset": str(data.path), "task": data.task,
+                                                   "state_keys": list(data.state_keys), "gamma": data.config.gamma,
+                                                   "chunk": data.config.chunk})
     return critic
 
 

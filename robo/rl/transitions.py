@@ -18,7 +18,7 @@ value the same): it is refused with a line saying how to get failures.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ class OfflineData:
     episode_ends: np.ndarray  # cumulative episode ends
     obs: dict[str, np.ndarray]  # the state keys' per-step arrays (policy observation windows are cut from them)
     step_start: np.ndarray  # (M,) first step index of each step's episode
+    config: TransitionConfig = field(default_factory=TransitionConfig)  # the discount and chunk the values mean
 
 
 def dataset_fingerprint(ends: np.ndarray, success: np.ndarray, task: str, keys: tuple[str, ...]) -> str:
@@ -152,7 +153,7 @@ def build_offline_data(obs: dict[str, np.ndarray], action: np.ndarray, success: 
     chunks = _chunk_transitions(state, action, reward, term, starts, ends, config)
     step_start = np.repeat(starts, ends - starts)
     return OfflineData(Path(path), task, keys, chunks, steps, dataset_fingerprint(ends, success, task, keys),
-                       float(ep_success.mean()), ends, {k: np.asarray(v) for k, v in obs.items()}, step_start)
+                       float(ep_success.mean()), ends, {k: np.asarray(v) for k, v in obs.items()}, step_start, config)
 
 
 def obs_windows(data: OfflineData, index: np.ndarray, n_obs: int, keys: tuple[str, ...] | list[str]) -> dict:
