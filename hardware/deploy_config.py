@@ -65,9 +65,9 @@ class DeployConfig:
     n_action_steps: int = 0  # actions executed per chunk; 0 = the checkpoint's value
     plan_ahead: bool = True  # plan each chunk one tick early, off the control thread: no control tick waits for
     #   the network (hardware/runner.py); `robo eval` scores exactly this schedule by default
-    planner: str = "thread"  # where plans ahead run: thread (a worker thread) or process (a child process:
-    #   inference never shares the interpreter lock with the tick, lower p99; hardware/planner.py). The default
-    #   stays thread until the DDS success test is as steady with process (7/10 twice in full-suite runs, 1 Dec)
+    planner: str = "process"  # where plans ahead run: process (a child process: inference never shares the
+    #   interpreter lock with the tick, the lower p99 in docs/benchmarks.md) or thread (a worker thread of the node,
+    #   no second copy of torch and the weights); hardware/planner.py
     start_armed: bool = False  # False: commands start only after the ~/arm service (true on real robots)
     dry_run: bool = False  # shadow mode: publish proposed commands on ~/proposed/* and execute nothing
     diagnostics_period_s: float = 0.5  # how often ~/diagnostics is published

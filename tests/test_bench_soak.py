@@ -18,7 +18,8 @@ def samples(n: int = 30, missed_per_10s=lambda i: 2, others=lambda i: 5.0, decis
         rows.append({"t": 10.0 * (i + 1), "node_rss_mb": 800.0 + (i % 2), "mock_rss_mb": 600.0, "probe_rss_mb": 300.0,
                      "missed": missed, "overruns": i, "ticks": 1000 * (i + 1), "loop_p99_ms": 3.0, "plan_p99_ms": 2.0,
                      **{f"{k}_p99_ms": (decision_ms(i) if k == "decision" else 0.5) for k in SECTIONS},
-                     "episodes": i // 3, "host_busy_percent": 60.0 + others(i), "others_busy_percent": others(i),
+                     "episodes": i // 3, "node_cpu_percent": 20.0, "mock_cpu_percent": 30.0,
+                     "probe_cpu_percent": 10.0, "host_busy_percent": 60.0 + others(i), "others_busy_percent": others(i),
                      "host_steal_percent": 0.1})
     return rows
 

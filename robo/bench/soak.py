@@ -64,9 +64,9 @@ def soak(nut: Any, minutes: float, output_dir: Path | None = None) -> dict[str, 
     t0 = time.monotonic()
     samples: list[dict[str, Any]] = []
     next_state, next_sample = t0, t0 + SAMPLE_S
-    def ours() -> float:  # CPU seconds of every process in this run: node (+ planner), mock, this probe
-        peers = [nut.proc.proc.pid] + ([nut.mock.proc.pid] if nut.mock else [])
-        return sum(process_cpu_s(p) for p in peers) + process_cpu_s(os.getpid(), children=False)
+    def ours() -> np.ndarray:  # CPU seconds of every process in this run: node (+ planner), mock, this probe
+        return np.array([process_cpu_s(nut.proc.proc.pid), process_cpu_s(nut.mock.proc.pid) if nut.mock else 0.0,
+                         process_cpu_s(os.getpid(), children=False)])
 
     cpu_before, ours_before = host_cpu_counters(), ours()
     ticks_per_s = os.sysconf("SC_CLK_TCK")
@@ -81,7 +81,8 @@ def soak(nut: Any, minutes: float, output_dir: Path | None = None) -> dict[str, 
                 span = max(1e-9, cpu_now[2] - cpu_before[2])
                 busy = 100 * (cpu_now[0] - cpu_before[0]) / span
                 # This run's processes as a share of all cores over the same interval.
-                own = 100 * (ours_now - ours_before) * ticks_per_s / span
+                node_cpu, mock_cpu, probe_cpu = 100 * (ours_now - ours_before) * ticks_per_s / span
+                own = node_cpu + mock_cpu + probe_cpu
                 sections = d.get("loop_sections_ms_p99", {})
                 samples.append({
                     "t": time.monotonic() - t0, "node_rss_mb": nut.proc.rss_mb(),
@@ -91,6 +92,7 @@ def soak(nut: Any, minutes: float, output_dir: Path | None = None) -> dict[str, 
                     "plan_p99_ms": d.get("plan_ms_p99", float("nan")),
                     **{f"{k}_p99_ms": sections.get(k, float("nan")) for k in SECTIONS},
                     "episodes": len(nut.probe.episodes),
+                    "node_cpu_percent": node_cpu, "mock_cpu_percent": mock_cpu, "probe_cpu_percent": probe_cpu,
                     "host_busy_percent": busy, "others_busy_percent": max(0.0, busy - own),
                     "host_steal_percent": 100 * (cpu_now[1] - cpu_before[1]) / span})
                 cpu_before, ours_before = cpu_now, ours_now
@@ -147,7 +149,8 @@ def summarise(samples: list[dict[str, Any]], has_mock: bool = True) -> dict[str,
             out[f"{key}_p99_ms_{name}"] = median(f"{key}_p99_ms", part)
         out[f"host_busy_percent_{name}"] = median("host_busy_percent", part)
         out[f"host_steal_percent_{name}"] = median("host_steal_percent", part)
-        out[f"others_busy_percent_{name}"] = median("others_busy_percent", part)
+        for who in ("others_busy", "node_cpu", "mock_cpu", "probe_cpu"):
+            out[f"{who}_percent_{name}"] = median(f"{who}_percent", part)
     # Whether misses follow the load of processes outside this run (a late wake-up: the host did not schedule the
     # node in time): correlation of each sample's misses with the others' CPU over the same 10 s.
     per_sample = np.diff(col["missed"])
@@ -178,7 +181,9 @@ def soak_rows(result: dict[str, Any], peer: str) -> list[tuple[str, str, str]]:
              "all cores, /proc/stat; steal = taken by other guests of the host"),
             ("CPU of other processes", f"{result['others_busy_percent_first']:.1f} -> {result['others_busy_percent_last']:.1f} %",
              f"host busy minus this run's processes; misses vs it: correlation "
-             f"{_fmt(result['missed_vs_others_busy_corr'])}")]
+             f"{_fmt(result['missed_vs_others_busy_corr'])}"),
+            ("CPU of node / mock / probe", " / ".join(f"{result[f'{w}_cpu_percent_first']:.1f}->{result[f'{w}_cpu_percent_last']:.1f}"
+                                                     for w in ("node", "mock", "probe")), "% of all cores, first third -> last third")]
     if result.get("mock_rss_growth_percent") is not None:
         rows.append(("sim mock resident memory", f"{result['mock_rss_growth_percent']:+.1f} %",
                      f"{result['mock_rss_first_mb']:.0f} -> {result['mock_rss_last_mb']:.0f} MB"))
@@ -211,6 +216,8 @@ def plot_soak(samples: list[dict[str, Any]], path: Path) -> None:
     axes[1].set(ylabel="p99 (ms, last 20 s)")
     axes[2].plot(mid, col["host_busy_percent"][1:], label="host busy")
     axes[2].plot(mid, col["others_busy_percent"][1:], label="other processes")
+    for who in ("node", "mock", "probe"):
+        axes[2].plot(mid, col[f"{who}_cpu_percent"][1:], label=who, lw=0.8)
     axes[2].plot(mid, col["host_steal_percent"][1:], label="steal (other guests)")
     axes[2].set(ylabel="% of all cores")
     axes[3].plot(minutes, col["node_rss_mb"], label="node + planner")
