@@ -68,6 +68,9 @@ class DeployConfig:
     planner: str = "process"  # where plans ahead run: process (a child process: inference never shares the
     #   interpreter lock with the tick, the lower p99 in docs/benchmarks.md) or thread (a worker thread of the node,
     #   no second copy of torch and the weights); hardware/planner.py
+    noise_seed: int = 0  # the policy's sampling noise restarts from (noise_seed, k) at the k-th ~/arm true (k = 0, 1,
+    #   ...), as `robo eval --seed noise_seed` restarts it for its episode k (one env): a session replays exactly, and
+    #   a run over DDS draws the noise its evaluation drew. Before the first arming: (noise_seed)
     start_armed: bool = False  # False: commands start only after the ~/arm service (true on real robots)
     dry_run: bool = False  # shadow mode: publish proposed commands on ~/proposed/* and execute nothing
     diagnostics_period_s: float = 0.5  # how often ~/diagnostics is published
@@ -87,6 +90,8 @@ class DeployConfig:
             raise DeployConfigError(f"output '{self.output}' is not one of {OUTPUTS}")
         if self.planner not in PLANNERS:
             raise DeployConfigError(f"planner '{self.planner}' is not one of {PLANNERS}")
+        if self.noise_seed < 0:
+            raise DeployConfigError(f"noise_seed must be 0 or more, got {self.noise_seed}")
         if self.torch_threads < 0:
             raise DeployConfigError(f"torch_threads must be 0 (torch's default) or more, got {self.torch_threads}")
         if self.control_hz <= 0:

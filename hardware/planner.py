@@ -1,7 +1,10 @@
 """Where the policy runs when the runner plans ahead with a clock: a thread of this process, or a process of its own.
 
 Both hand out ``submit(history) -> Future`` resolving to ``(chunk, seconds the policy took)``; the runner holds one
-plan in flight at a time and never waits for it (hardware/runner.py).
+plan in flight at a time and never waits for a plan ahead (hardware/runner.py). ``reseed(*entropy)`` restarts the
+policy's sampling noise in order with the plans: a plan already submitted finishes on the old stream, every later
+one draws from the new. A runner that plans ahead on a planner sends every policy call through it, so the policy's
+noise is one stream in one place, the same sequence ``robo eval`` draws in lockstep.
 
 * :class:`ThreadPlanner` (the runner's default; ``robo eval`` emulates the schedule in lockstep and needs none): a
   worker thread. Simple, but the policy's Python shares the interpreter lock with the control tick, so a plan in
@@ -30,12 +33,18 @@ History = dict[str, np.ndarray]
 
 
 class ThreadPlanner:
-    def __init__(self, predict: Callable[[History], np.ndarray]):
-        self._predict = predict
+    """``policy``: an object with ``predict(history) -> chunk`` and, optionally, ``reseed(*entropy)``."""
+
+    def __init__(self, policy: Any):
+        self._policy = policy
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy_plan")
 
     def submit(self, history: History) -> Future:
-        return self._pool.submit(timed_predict, self._predict, history)
+        return self._pool.submit(timed_predict, self._policy.predict, history)
+
+    def reseed(self, *entropy: int) -> None:
+        if hasattr(self._policy, "reseed"):  # on the worker, after any plan in flight
+            self._pool.submit(self._policy.reseed, *entropy)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -82,10 +91,17 @@ class ProcessPlanner:
         self._next_id += 1
         self._waiting = _PipeFuture(self, self._next_id)
         try:
-            self._conn.send((self._next_id, history))
+            self._conn.send(("plan", self._next_id, history))
         except (OSError, ValueError) as err:
             self._waiting.fail(PlannerError(f"the policy process is gone ({type(err).__name__}); restart the node"))
         return self._waiting
+
+    def reseed(self, *entropy: int) -> None:
+        """The child reseeds after the requests before it (the pipe keeps their order)."""
+        try:
+            self._conn.send(("reseed", tuple(int(e) for e in entropy)))
+        except (OSError, ValueError):
+            pass  # the next plan reports the dead process
 
     def _receive(self) -> tuple[Any, ...]:
         try:
@@ -159,7 +175,8 @@ class _PipeFuture(Future):
 
 
 def _serve(conn: Any, load: Callable[[], Any], niceness: int) -> None:
-    """The child: load the policy, then answer (id, history) with ("chunk", id, chunk, seconds) until told to stop."""
+    """The child: load the policy, then answer ("plan", id, history) with ("chunk", id, chunk, seconds) and follow
+    ("reseed", entropy), in order, until told to stop."""
     if niceness:
         try:
             os.nice(niceness)
@@ -178,7 +195,11 @@ def _serve(conn: Any, load: Callable[[], Any], niceness: int) -> None:
             return
         if request is None:
             return
-        request_id, history = request
+        if request[0] == "reseed":
+            if hasattr(policy, "reseed"):
+                policy.reseed(*request[1])
+            continue
+        _, request_id, history = request
         try:
             chunk, seconds = timed_predict(policy.predict, history)
             conn.send(("chunk", request_id, chunk, seconds))

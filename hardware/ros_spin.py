@@ -30,6 +30,11 @@ def run_node(build: Callable[[], Any], argv: list[str] | None = None,
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except SystemError as err:
+        # Ctrl-C landing inside compiled code that does not check for it (numba's robosuite controller in the sim
+        # mock): CPython reports "returned a result with an exception set", caused by the KeyboardInterrupt.
+        if not isinstance(err.__cause__, KeyboardInterrupt):
+            raise
     except RuntimeError:
         if rclpy.ok():  # a publish racing the SIGINT shutdown is not an error; anything else is
             raise

@@ -86,6 +86,8 @@ class PolicyRunner:
         self.plan_s: deque[float] = deque(maxlen=500)  # wall time of recent policy calls (diagnostics)
         self.plan_failures = 0  # plans that raised (the policy, or its process): each one holds the arm
         self._planner = planner
+        # Plans ahead on a planner (with a clock): every policy call goes through it, so its noise is one stream.
+        self._planned = config.plan_ahead and config.control_dt > 0
         # With a clock, the filter ages the observation when the command leaves, not when the tick began: a slow
         # policy call in the tick must not let a command out on an observation that went stale meanwhile.
         self.clock = clock
@@ -178,7 +180,12 @@ class PolicyRunner:
             if late is not None:
                 return late
         elif exhausted:
-            self._queue = self._plan()
+            try:
+                chunk, seconds = self._predict({k: v.copy() for k, v in self._history.items()})
+            except Exception as err:  # noqa: BLE001 - as a failed plan ahead: hold, say why, until a reset
+                return self._failed(err)
+            self.plan_s.append(seconds)
+            self._queue = self._executed(chunk)
             self._cursor[:] = 0
             if clocked:
                 self._chunk_t0 = self._newest_stamp(now, stamps)
@@ -196,10 +203,13 @@ class PolicyRunner:
         return self._filter(actions, obs, now, stamps)
 
     def _newest_stamp(self, now: float, stamps: dict[str, Any] | np.ndarray | None) -> float:
+        """When the chunk's action 0 is due: the newest observation's time, but never after ``now``. A tick reads
+        messages that arrived after it began (stamped after ``now``); anchoring on those would put ``now`` before
+        action 0's slot and replay an action of the chunk (an index of -1 is the chunk's last)."""
         if stamps is None:
             return now
         values = list(stamps.values()) if isinstance(stamps, dict) else [stamps]
-        return float(max(np.max(np.asarray(v, dtype=np.float64)) for v in values))
+        return min(now, float(max(np.max(np.asarray(v, dtype=np.float64)) for v in values)))
 
     def _filter(self, actions: np.ndarray, obs: dict[str, np.ndarray], now: float | None,
                 stamps: dict[str, Any] | np.ndarray | None) -> np.ndarray | Hold:
@@ -219,14 +229,27 @@ class PolicyRunner:
         self.last_commands = commands
         return np.stack([c.action for c in commands]).astype(actions.dtype)
 
-    def _plan(self, history: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """The executed part (batch, n_action_steps, A) of the chunk the policy predicts from ``history``."""
-        history = {k: v.copy() for k, v in self._history.items()} if history is None else history
-        chunk, seconds = timed_predict(self.policy.predict, history)
-        self.plan_s.append(seconds)
-        return self._executed(chunk)
+    def _predict(self, history: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+        """(chunk, seconds): on the planner when this runner plans ahead on one (waiting for it), else here."""
+        if self._planned:
+            return self._get_planner().submit(history).result()
+        return timed_predict(self.policy.predict, history)
+
+    def _get_planner(self) -> Any:
+        if self._planner is None:
+            self._planner = ThreadPlanner(self.policy)
+        return self._planner
+
+    def reseed(self, *entropy: int) -> None:
+        """Restart the policy's sampling noise from ``entropy`` (the ROS node: at each arming, as ``robo eval``
+        does per episode), in order with the plans: one in flight finishes on the old stream."""
+        if self._planned:
+            self._get_planner().reseed(*entropy)
+        elif hasattr(self.policy, "reseed"):
+            self.policy.reseed(*entropy)
 
     def _executed(self, chunk: np.ndarray) -> np.ndarray:
+        """The executed part (batch, n_action_steps, A) of a predicted chunk."""
         start = self.config.n_obs - 1
         executed = chunk[:, start:start + self.config.n_action_steps]
         if executed.shape[1] < self.config.n_action_steps:
@@ -239,7 +262,7 @@ class PolicyRunner:
         history = {k: v.copy() for k, v in self._history.items()}
         if now is None:  # lockstep: the same schedule, computed at once
             future: Future = Future()
-            future.set_result(timed_predict(self.policy.predict, history))
+            future.set_result(self._predict(history))
             self._pending = (future, None)
             return
         self._due = (history, self._newest_stamp(now, stamps))
@@ -252,9 +275,7 @@ class PolicyRunner:
             return
         history, planned_at = self._due
         self._due = None
-        if self._planner is None:
-            self._planner = ThreadPlanner(self.policy.predict)
-        self._pending = (self._planner.submit(history), planned_at)
+        self._pending = (self._get_planner().submit(history), planned_at)
 
     def _adopt(self, now: float | None) -> Hold | None:
         """Switch to the planned-ahead chunk at the action for this tick (its action 1 when on time)."""
@@ -266,21 +287,26 @@ class PolicyRunner:
         try:
             chunk, seconds = future.result()
         except Exception as err:  # noqa: BLE001 - a failed plan holds the arm, says why, and keeps holding
-            self.plan_failures += 1
-            self._plan_failed = f"planning failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-            return Hold(self._plan_failed)
+            return self._failed(err)
         self._queue = self._executed(chunk)
         self.plan_s.append(seconds)
         if now is None or planned_at is None:
             self._cursor[:] = 1
             return None
         self._chunk_t0 = planned_at
-        index = int(np.floor((now - planned_at) / self.config.control_dt + 1e-9))
+        # Action 0 belonged to the tick that planned this chunk: the next tick starts at 1 even when the timer
+        # fired a little early, as the lockstep emulation (robo eval) does.
+        index = max(1, int(np.floor((now - planned_at) / self.config.control_dt + 1e-9)))
         if index >= self.config.n_action_steps:
             return Hold(f"the policy took longer than the {self.config.n_action_steps} actions it planned")
         self.dropped_actions += max(0, index - 1)  # action 0 belongs to the tick that planned it, by design
         self._cursor[:] = index
         return None
+
+    def _failed(self, err: BaseException) -> Hold:
+        self.plan_failures += 1
+        self._plan_failed = f"planning failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        return Hold(self._plan_failed)
 
     def close(self) -> None:
         """Stop the planning worker (the node calls this at shutdown)."""

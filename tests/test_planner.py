@@ -28,16 +28,22 @@ def config():
 
 
 def test_the_process_planner_runs_the_nodes_policy_and_matches_the_thread_planner(config):
+    """Same loader, same weights, same seeded noise: the child's chunks are the node's own, call for call."""
     local = load_numpy_policy(config)
     spec = local.policy.spec
     history = _history(spec, np.random.default_rng(0))
     planner = ProcessPlanner(functools.partial(load_numpy_policy, config))
-    thread = ThreadPlanner(local.predict)
+    thread = ThreadPlanner(local)
     try:
-        chunk, seconds = planner.submit(history).result(timeout=60)
-        reference, _ = thread.submit(history).result(timeout=60)
-        assert chunk.shape == reference.shape == (1, spec.horizon, 7) and seconds > 0
-        assert np.isfinite(chunk).all()
+        planner.submit(history).result(timeout=60)  # draws from the unseeded stream, then the reseed restarts it
+        planner.reseed(10_000, 3)
+        thread.reseed(10_000, 3)
+        chunks = [planner.submit(history).result(timeout=60) for _ in range(2)]
+        reference = [thread.submit(history).result(timeout=60) for _ in range(2)]
+        for (chunk, seconds), (expected, _) in zip(chunks, reference):
+            assert chunk.shape == expected.shape == (1, spec.horizon, 7) and seconds > 0
+            np.testing.assert_allclose(chunk, expected, atol=1e-5)
+        assert not np.allclose(chunks[0][0], chunks[1][0])  # the stream moves on: the noise is not reused
     finally:
         planner.close()
         thread.close()

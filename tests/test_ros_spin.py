@@ -33,3 +33,38 @@ def test_pinning_moves_every_thread_and_a_cpu_that_does_not_exist_is_refused_in_
         stop.set()
         pin_process(before)
     assert sorted(os.sched_getaffinity(0)) == before
+
+
+_NODE_THAT_IS_INTERRUPTED = """
+import sys
+import rclpy.node
+from hardware.ros_spin import run_node
+
+class Node(rclpy.node.Node):
+    def __init__(self):
+        super().__init__("interrupted")
+        self.create_timer(0.01, self.tick)
+
+    def tick(self):
+        cause = KeyboardInterrupt() if sys.argv[1] == "ctrl-c" else ValueError("a real bug")
+        raise SystemError("CPUDispatcher(<function f>) returned a result with an exception set") from cause
+
+sys.exit(run_node(Node, []))
+"""
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("cause, clean", [("ctrl-c", True), ("bug", False)])
+def test_ctrl_c_inside_compiled_code_stops_the_node_cleanly_and_real_errors_still_surface(cause, clean):
+    """Ctrl-C landing in numba code (robosuite's controller in the sim mock) surfaces as a SystemError caused by the
+    KeyboardInterrupt: that is a stop (exit 0, no traceback); a SystemError with any other cause is not hidden."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", _NODE_THAT_IS_INTERRUPTED, cause], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).parents[1])
+    if clean:
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-800:]
+    else:
+        assert done.returncode != 0 and "a real bug" in done.stderr

@@ -214,36 +214,94 @@ def test_with_a_clock_the_filter_ages_the_observation_when_the_command_leaves():
 
 
 class FailingPlanner:
-    """A planner whose plans fail (as a dead planner process's do): real Futures carrying the error."""
+    """A planner whose plans fail from the ``good``-th on (as a dead planner process's do): real Futures carrying
+    the error; the good ones echo, as :class:`EchoChunkPolicy` does."""
 
-    def __init__(self):
-        self.submitted = 0
+    def __init__(self, good: int = 1):
+        self.submitted, self.good, self.echo = 0, good, EchoChunkPolicy()
 
     def submit(self, history):
         from concurrent.futures import Future
 
         self.submitted += 1
         future = Future()
-        future.set_exception(RuntimeError("the policy process exited (code -9); restart the node"))
+        if self.submitted <= self.good:
+            future.set_result((self.echo.predict(history), 0.0))
+        else:
+            future.set_exception(RuntimeError("the policy process exited (code -9); restart the node"))
         return future
+
+    def reseed(self, *entropy):
+        pass
 
     def close(self):
         pass
 
 
 def test_a_failed_plan_holds_says_why_and_keeps_holding_until_a_reset():
-    planner = FailingPlanner()
+    planner = FailingPlanner(good=1)
     runner = PolicyRunner(EchoChunkPolicy(), SPEC, RunnerConfig(n_obs=2, n_action_steps=2, control_dt=0.1,
                                                                 plan_ahead=True), planner=planner)
-    assert runner.act(obs(1.0), now=0.0, stamp=0.0).action[0] == 101  # first chunk planned in the tick
+    assert runner.act(obs(1.0), now=0.0, stamp=0.0).action[0] == 101  # first chunk: on the planner, waited for
     assert runner.act(obs(2.0), now=0.1, stamp=0.1).action[0] == 102  # last action: the plan goes to the planner
     for t in (0.2, 0.3, 0.4):
         held = runner.act(obs(3.0), now=t, stamp=t)
         assert isinstance(held, Hold) and held.reason == "planning failed: the policy process exited (code -9); " \
                                                          "restart the node"
-    assert runner.plan_failures == 1 and planner.submitted == 1  # not retried behind the operator's back
+    assert runner.plan_failures == 1 and planner.submitted == 2  # not retried behind the operator's back
+    planner.good = 3
     runner.reset()  # re-arming starts over
     assert runner.act(obs(5.0), now=0.5, stamp=0.5).action[0] == 501
+    # A first plan of an episode that fails holds the same way (it runs on the planner too).
+    runner.reset()
+    held = runner.act(obs(6.0), now=0.6, stamp=0.6)
+    assert isinstance(held, Hold) and held.reason.startswith("planning failed") and runner.plan_failures == 2
+
+
+class NoisyEcho(EchoChunkPolicy):
+    """Echo plus a draw from its own seeded generator, so the noise stream's order is visible in the actions."""
+
+    def __init__(self):
+        super().__init__()
+        self.rng = np.random.default_rng(0)
+
+    def reseed(self, *entropy):
+        self.rng = np.random.default_rng(list(entropy))
+
+    def predict(self, obs):
+        return super().predict(obs) + self.rng.integers(0, 10_000)
+
+
+def test_reseeding_restarts_the_noise_in_plan_order_on_every_path():
+    """The node reseeds at each arming as robo eval does per episode: the clocked runner (every call on its planner)
+    and the lockstep emulation draw the same noise sequence, hence the same actions."""
+    def actions(runner, clocked):
+        out = []
+        for episode in (0, 1, 0):
+            runner.reset()
+            runner.reseed(7, episode)
+            for i, x in enumerate((1, 2, 3, 4, 5)):
+                t = episode + 0.1 * i
+                act = runner.act(obs(float(x)), now=t, stamp=t) if clocked else runner.act(obs(float(x)))
+                out.append(float(act.action[0]))
+                runner.start_planning()
+                if clocked:
+                    runner._pending and runner._pending[0].result()  # the plan ahead lands before the next tick
+        return out
+
+    config = dict(n_obs=2, n_action_steps=2, plan_ahead=True)
+    lockstep = actions(PolicyRunner(NoisyEcho(), SPEC, RunnerConfig(**config)), clocked=False)
+    clocked_runner = PolicyRunner(NoisyEcho(), SPEC, RunnerConfig(**config, control_dt=0.1, defer_plan_start=True))
+    try:
+        assert actions(clocked_runner, clocked=True) == lockstep
+    finally:
+        clocked_runner.close()
+    assert lockstep[:5] == lockstep[10:] != lockstep[5:10]  # the same seed restarts the same stream
+    unseeded = PolicyRunner(NoisyEcho(), SPEC, RunnerConfig(**config))
+    unseeded.act(obs(1.0))
+    unseeded.reseed(8, 0)
+    unseeded.reset()
+    assert float(unseeded.act(obs(1.0)).action[0]) != lockstep[0]  # another seed, other noise
 
 
 def test_a_deferred_plan_starts_only_when_the_caller_says_the_tick_is_done():
@@ -267,3 +325,24 @@ def test_a_deferred_plan_starts_only_when_the_caller_says_the_tick_is_done():
         assert isinstance(held, Hold) and "still being planned" in held.reason
     finally:
         runner.close()
+
+
+def test_observations_stamped_after_the_tick_began_never_replay_an_action():
+    """A tick reads messages that arrived after it began; the chunk's clock is anchored no later than the tick, so
+    its first action is the one for now (not index -1, the chunk's last), and a planned-ahead chunk starts at its
+    action 1 even when the next tick fires a little early, as robo eval's lockstep schedule does."""
+    runner = PolicyRunner(EchoChunkPolicy(), SPEC, RunnerConfig(n_obs=2, n_action_steps=4, control_dt=0.1))
+    assert runner.act(obs(1.0), now=0.0, stamp=0.0004).action[0] == 101
+    assert runner.dropped_actions == 0
+    ahead = PolicyRunner(EchoChunkPolicy(), SPEC, RunnerConfig(n_obs=2, n_action_steps=2, control_dt=0.1,
+                                                               plan_ahead=True))
+    try:
+        got = []
+        for i, x in enumerate((1.0, 2.0, 3.0, 4.0)):
+            now = 0.1 * i - (0.0003 if i == 2 else 0.0)  # the third tick fires 0.3 ms early
+            got.append(float(ahead.act(obs(x), now=now, stamp=now + 0.0002).action[0]))
+            if ahead._pending is not None:
+                ahead._pending[0].result()
+        assert got == [101, 102, 202, 302] and ahead.dropped_actions == 0
+    finally:
+        ahead.close()
