@@ -16,6 +16,20 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 from robo.data.schema import ArraySpec, DatasetSchema, EpisodeInfo  # noqa: E402
 
 
+_DOMAINS_USED = [0]
+
+
+@pytest.fixture
+def own_ros_domain(monkeypatch):
+    """A DDS domain of this test's own (101-200, apart from the per-process ones above) for the test's in-process
+    probe and the processes it starts: a process of an earlier test that is still shutting down (a sim mock
+    answering /sim/reset, reporting /sim/episode) cannot reach this one."""
+    _DOMAINS_USED[0] += 1
+    domain = 101 + (os.getpid() * 7 + _DOMAINS_USED[0]) % 100
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
+    return domain
+
+
 def small_schema(image: bool = False) -> DatasetSchema:
     obs = {"eef_pos": ArraySpec((3,), "float32"), "gripper_qpos": ArraySpec((2,), "float32")}
     if image:

@@ -136,6 +136,7 @@ def test_a_checkpoint_the_robot_cannot_feed_is_refused_in_one_line(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- over DDS
 @pytest.mark.ros
+@pytest.mark.usefixtures("own_ros_domain")
 def test_node_drives_the_sim_mock_over_dds_within_limits(tmp_path):
     """`robo deploy` starts the sim mock and the policy node (two processes, DDS on loopback); a probe in this
     process watches: commands flow at the control rate, each stays within one step of a measured pose and inside
@@ -200,6 +201,7 @@ def test_the_dds_fixture_loads_with_the_strict_loader():
 
 
 @pytest.mark.ros
+@pytest.mark.usefixtures("own_ros_domain")
 def test_trained_policy_over_dds_agrees_with_robo_eval(tmp_path):
     """The committed one-step Lift policy (tests/fixtures/lift_onestep: see its README) deployed as an operator
     would: `robo deploy --launch launch/sim.launch.yaml` starts the sim mock and the policy node (separate
@@ -299,6 +301,7 @@ def test_trained_policy_over_dds_agrees_with_robo_eval(tmp_path):
 @pytest.mark.ros
 @pytest.mark.slow
 @pytest.mark.parametrize("output", ["joint_trajectory", "twist"])
+@pytest.mark.usefixtures("own_ros_domain")
 def test_joint_trajectory_and_twist_interfaces_with_a_camera_over_dds(tmp_path, output):
     """The other two command interfaces, with an image policy fed by the mock's rendered camera (rgb8 over DDS):
     the node commands, the mock executes (the arm moves), and nothing goes stale for long."""
@@ -352,6 +355,7 @@ def test_the_unsafe_command_check_can_fail():
 
 
 @pytest.mark.ros
+@pytest.mark.usefixtures("own_ros_domain")
 def test_operator_takeover_is_filtered_recorded_and_hands_back(tmp_path):
     """A probe plays the arm; an operator twist takes over at once (its step, through the same filter, becomes the
     command), the policy resumes when the twist stops, and the session bag holds commands and per-tick
