@@ -95,8 +95,7 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
             # The planning thread and the control tick share the GIL; the default 5 ms switch interval would let
             # a plan in progress delay a tick by up to 5 ms.
             sys.setswitchinterval(1e-4)
-        self.runner.reseed(cfg.noise_seed)
-        self._armings = 0  # ~/arm true calls so far: the k-th restarts the noise from (noise_seed, k)
+        self.runner.reseed(cfg.noise_seed)  # before the first arming; the k-th ~/arm true reseeds (noise_seed, k)
         if not cfg.start_armed:
             self.runner.disarm()
         self.watchdog = Watchdog(cfg.period_s, cfg.safety.watchdog_periods)
@@ -252,8 +251,7 @@ class PolicyNode(_node_base()):  # type: ignore[misc]
     def _on_arm(self, request: Any, response: Any) -> Any:
         if request.data:
             self.runner.reset()  # fresh history: nothing observed while disarmed leaks into the first chunk
-            self.runner.reseed(self.config.noise_seed, self._armings)  # episode k's noise, as robo eval draws it
-            self._armings += 1
+            self.runner.reseed(self.config.noise_seed, self.counters["armings"])  # episode k's noise, as robo eval's
             self.counters["armings"] += 1
             self.runner.arm()
             self._hold_sent = False

@@ -181,7 +181,7 @@ class PolicyRunner:
                 return late
         elif exhausted:
             try:
-                chunk, seconds = self._predict({k: v.copy() for k, v in self._history.items()})
+                chunk, seconds = self._predict(self._history_now())
             except Exception as err:  # noqa: BLE001 - as a failed plan ahead: hold, say why, until a reset
                 return self._failed(err)
             self.plan_s.append(seconds)
@@ -229,6 +229,10 @@ class PolicyRunner:
         self.last_commands = commands
         return np.stack([c.action for c in commands]).astype(actions.dtype)
 
+    def _history_now(self) -> dict[str, np.ndarray]:
+        """A copy of the observation history: the policy may run while the next ticks shift the original."""
+        return {k: v.copy() for k, v in self._history.items()}
+
     def _predict(self, history: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
         """(chunk, seconds): on the planner when this runner plans ahead on one (waiting for it), else here."""
         if self._planned:
@@ -259,7 +263,7 @@ class PolicyRunner:
 
     def _plan_next(self, now: float | None, stamps: dict[str, Any] | np.ndarray | None) -> None:
         """Start planning the next chunk from the history as it is now (plan_ahead)."""
-        history = {k: v.copy() for k, v in self._history.items()}
+        history = self._history_now()
         if now is None:  # lockstep: the same schedule, computed at once
             future: Future = Future()
             future.set_result(self._predict(history))

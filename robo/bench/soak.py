@@ -69,7 +69,7 @@ def soak(nut: Any, minutes: float, output_dir: Path | None = None) -> dict[str, 
                          process_cpu_s(os.getpid(), children=False)])
 
     cpu_before, ours_before = host_cpu_counters(), ours()
-    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    clock_ticks_per_s = os.sysconf("SC_CLK_TCK")  # /proc/stat counts in these
     with tqdm(total=int(minutes * 60), desc="soak", unit="s", disable=not sys.stderr.isatty()) as bar:
         while time.monotonic() - t0 < minutes * 60:
             if time.monotonic() >= next_state:
@@ -81,7 +81,7 @@ def soak(nut: Any, minutes: float, output_dir: Path | None = None) -> dict[str, 
                 span = max(1e-9, cpu_now[2] - cpu_before[2])
                 busy = 100 * (cpu_now[0] - cpu_before[0]) / span
                 # This run's processes as a share of all cores over the same interval.
-                node_cpu, mock_cpu, probe_cpu = 100 * (ours_now - ours_before) * ticks_per_s / span
+                node_cpu, mock_cpu, probe_cpu = 100 * (ours_now - ours_before) * clock_ticks_per_s / span
                 own = node_cpu + mock_cpu + probe_cpu
                 sections = d.get("loop_sections_ms_p99", {})
                 samples.append({
