@@ -10,16 +10,19 @@ rate: PoseStamped targets (Cartesian impedance), JointTrajectory (joint_trajecto
 (MoveIt Servo) and a Float64 gripper width. Each command becomes the OSC delta that reaches it in one step; a
 command older than ``command_timeout_s`` is not executed (the arm holds), as a controller's cmd_timeout does.
 
-Episodes end on success or at the horizon; each one is reported on ``/sim/episode`` (std_msgs/String, JSON) and
-the next starts with the next seed. ``/sim/reset`` (std_srvs/Trigger) ends the current episode unreported and starts
-the seed sequence over from ``seed``: the mock steps from the moment it starts, so a run that should see the same
-seeded episodes as ``robo eval --seed <seed>`` resets once the policy node is commanding.
+Episodes end on success or at the horizon; each one is reported on ``/sim/episode`` (std_msgs/String, JSON, with
+the mock's process id under ``mock``) and the next starts with the next seed. ``/sim/reset`` (std_srvs/Trigger) ends
+the current episode unreported and starts the seed sequence over from ``seed``: the mock steps from the moment it
+starts, so a run that should see the same seeded episodes as ``robo eval --seed <seed>`` resets once the policy node
+is commanding. Its answer names the episode, seed and process ("episode N, seed S, mock P"): a second mock left
+running in the same ROS domain also answers and reports, and the process id tells its episodes apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -170,7 +173,8 @@ class SimMock(_node_base()):  # type: ignore[misc]
 
     def _on_reset(self, request: Any, response: Any) -> Any:
         self._new_episode(restart=True)
-        response.success, response.message = True, f"episode {self.episode}, seed {self._seed()}"
+        response.success = True
+        response.message = f"episode {self.episode}, seed {self._seed()}, mock {os.getpid()}"
         return response
 
     def _seed(self) -> int:
@@ -203,8 +207,8 @@ class SimMock(_node_base()):  # type: ignore[misc]
         self.steps += 1
         self.counters["steps"] += 1
         if terminated or truncated:
-            result = {"episode": self.episode, "seed": self._seed(),
-                      "success": bool(info["success"]), "steps": self.steps}
+            result = {"episode": self.episode, "seed": self._seed(), "success": bool(info["success"]),
+                      "steps": self.steps, "mock": os.getpid()}
             self.results.append(result)
             self._episode_pub.publish(self._msgs[4](data=json.dumps(result)))
             self._new_episode()

@@ -100,6 +100,7 @@ class NodeUnderTest:
 
         if not wait_for(first_command, timeout_s, step_s=0.02):
             raise RuntimeError(f"no command from the node within {timeout_s:.0f} s; its log: {self.proc.log()[-500:]}")
+        self.probe.check_alone(robots=1 if self.mock is not None else 0)  # discovered by now: the node commands
 
     def publish_valid(self) -> None:
         if self.mock is not None:  # the sim mock publishes the state

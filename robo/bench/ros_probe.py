@@ -199,6 +199,20 @@ class Probe:
             msg.header.stamp = self.node.get_clock().now().to_msg()
             pub.publish(msg)
 
+    def check_alone(self, robots: int, discovery_s: float = 0.0) -> None:
+        """Raise unless this ROS domain holds exactly ``robots`` robot-state publishers besides the probe (0 when
+        the probe plays the robot, 1 with the sim mock). A sim mock or driver left running by an earlier run would
+        otherwise feed the node its state, execute its commands and answer /sim/reset beside the one under test.
+        ``discovery_s``: how long to give a stranger to be discovered (when nothing else is expected yet)."""
+        def others() -> int:
+            return self.node.count_publishers("/joint_states") - 1  # the probe publishes the topic itself
+        wait_for(lambda: others() > robots, discovery_s)
+        if others() != robots:
+            domain = os.environ.get("ROS_DOMAIN_ID", "0")
+            raise RuntimeError(f"ROS_DOMAIN_ID={domain} has {others()} publisher(s) of /joint_states where {robots} "
+                               f"belong to this run: another sim mock or driver runs in this domain (pgrep -af "
+                               f"'sim.ros_mock|hardware.ros_node'); stop it or choose another ROS_DOMAIN_ID")
+
     def close(self) -> None:
         import rclpy
 
