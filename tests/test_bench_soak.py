@@ -10,15 +10,16 @@ import pytest
 from robo.bench.soak import SECTIONS, host_cpu_counters, plot_soak, soak_rows, summarise
 
 
-def samples(n: int = 30, missed_per_10s=lambda i: 2, others=lambda i: 5.0, decision_ms=lambda i: 1.0):
+def samples(n: int = 30, missed_per_10s=lambda i: 2, others=lambda i: 5.0, decision_ms=lambda i: 1.0,
+            node_cpu=lambda i: 20.0, probe_cpu=lambda i: 10.0):
     rows, missed = [], 0
     for i in range(n):
         missed += missed_per_10s(i) if i else 0
         rows.append({"t": 10.0 * (i + 1), "node_rss_mb": 800.0 + (i % 2), "mock_rss_mb": 600.0, "probe_rss_mb": 300.0,
                      "missed": missed, "overruns": i, "ticks": 1000 * (i + 1), "loop_p99_ms": 3.0, "plan_p99_ms": 2.0,
                      **{f"{k}_p99_ms": (decision_ms(i) if k == "decision" else 0.5) for k in SECTIONS},
-                     "episodes": i // 3, "node_cpu_percent": 20.0, "mock_cpu_percent": 30.0,
-                     "probe_cpu_percent": 10.0, "host_busy_percent": 60.0 + others(i), "others_busy_percent": others(i),
+                     "episodes": i // 3, "node_cpu_percent": node_cpu(i), "mock_cpu_percent": 30.0,
+                     "probe_cpu_percent": probe_cpu(i), "host_busy_percent": 60.0 + others(i), "others_busy_percent": others(i),
                      "host_steal_percent": 0.1})
     return rows
 
@@ -41,6 +42,19 @@ def test_rising_misses_are_told_apart_by_cause():
     # The node's own decision section grows while the host is quiet: its own work.
     own = summarise(samples(decision_ms=lambda i: 1.0 + 0.1 * i))
     assert own["decision_p99_ms_last"] > own["decision_p99_ms_first"] + 1.5
+
+
+def test_the_node_is_measured_against_the_probe_in_the_same_run():
+    # The host slows: the same work costs node and probe 30 % more CPU by the end, and misses follow.
+    slow = lambda i: 1.0 + 0.01 * i  # noqa: E731
+    host = summarise(samples(60, missed_per_10s=lambda i: int(10 * slow(i)) - 8, node_cpu=lambda i: 20.0 * slow(i),
+                             probe_cpu=lambda i: 10.0 * slow(i)))
+    assert host["node_vs_probe_cpu_change_percent"] == pytest.approx(0.0, abs=1e-6)
+    assert host["missed_vs_probe_cpu_corr"] > 0.9 and host["corr_window_s"] == 60.0
+    # The node's own cost per tick grows on a steady host: the ratio shows it.
+    own = summarise(samples(60, node_cpu=lambda i: 20.0 * slow(i)))
+    assert own["node_vs_probe_cpu_change_percent"] > 25
+    assert own["missed_vs_probe_cpu_corr"] is None  # the probe's CPU did not move
 
 
 def test_rows_and_plot(tmp_path):

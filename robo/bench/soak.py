@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 SAMPLE_S = 10.0
+WINDOW_SAMPLES = 6  # correlations pool one minute of samples
 SECTIONS = ("inputs", "observation", "decision", "publish")
 
 
@@ -127,8 +128,7 @@ def summarise(samples: list[dict[str, Any]], has_mock: bool = True) -> dict[str,
         return float((col[name][b] - col[name][a]) / max(1e-9, t[b] - t[a])) if b > a else 0.0
 
     def median(name: str, part: slice) -> float:
-        values = col[name][part]
-        return float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")
+        return median_of(col[name][part])
 
     def growth(name: str) -> tuple[float, float, float]:
         start = col[name][:max(1, len(samples) // 10)].mean()  # after warm-up allocations settle
@@ -154,10 +154,29 @@ def summarise(samples: list[dict[str, Any]], has_mock: bool = True) -> dict[str,
     # Whether misses follow the load of processes outside this run (a late wake-up: the host did not schedule the
     # node in time): correlation of each sample's misses with the others' CPU over the same 10 s.
     per_sample = np.diff(col["missed"])
-    others = col["others_busy_percent"][1:]
-    out["missed_vs_others_busy_corr"] = (float(np.corrcoef(per_sample, others)[0, 1])
-                                         if len(per_sample) > 2 and per_sample.std() > 0 and others.std() > 0 else None)
+    out["missed_vs_others_busy_corr"] = _corr(per_sample, col["others_busy_percent"][1:])
+    # A baseline in the same run: the probe does the same work every second for the whole soak (200 Hz of state,
+    # or listening to the mock's 100 Hz, in rclpy like the node), so its CPU is a gauge of the host's speed for
+    # this kind of process. The node's CPU relative to it changes only if the node's own cost per tick drifts; a
+    # host that slows down raises both, and misses that follow the probe's CPU follow the host.
+    ratio = col["node_cpu_percent"] / np.maximum(col["probe_cpu_percent"], 1e-9)
+    out["node_vs_probe_cpu_first"], out["node_vs_probe_cpu_last"] = median_of(ratio[first]), median_of(ratio[last])
+    out["node_vs_probe_cpu_change_percent"] = 100 * (out["node_vs_probe_cpu_last"] / out["node_vs_probe_cpu_first"] - 1)
+    window = min(WINDOW_SAMPLES, max(1, len(per_sample) // 4))  # misses are a few per sample: pool them
+    n = len(per_sample) // window
+    missed_pooled = per_sample[:n * window].reshape(n, window).sum(1)
+    probe_pooled = col["probe_cpu_percent"][1:][:n * window].reshape(n, window).mean(1)
+    out["missed_vs_probe_cpu_corr"] = _corr(missed_pooled, probe_pooled)
+    out["corr_window_s"] = window * SAMPLE_S
     return out
+
+
+def median_of(values: np.ndarray) -> float:
+    return float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
+    return float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() > 0 and b.std() > 0 else None
 
 
 def soak_rows(result: dict[str, Any], peer: str) -> list[tuple[str, str, str]]:
@@ -183,7 +202,11 @@ def soak_rows(result: dict[str, Any], peer: str) -> list[tuple[str, str, str]]:
              f"host busy minus this run's processes; misses vs it: correlation "
              f"{_fmt(result['missed_vs_others_busy_corr'])}"),
             ("CPU of node / mock / probe", " / ".join(f"{result[f'{w}_cpu_percent_first']:.1f}->{result[f'{w}_cpu_percent_last']:.1f}"
-                                                     for w in ("node", "mock", "probe")), "% of all cores, first third -> last third")]
+                                                     for w in ("node", "mock", "probe")), "% of all cores, first third -> last third"),
+            ("node CPU / probe CPU", f"{result['node_vs_probe_cpu_first']:.3f} -> {result['node_vs_probe_cpu_last']:.3f} "
+             f"({result['node_vs_probe_cpu_change_percent']:+.1f} %)",
+             f"the node's own cost against a fixed-work rclpy process; misses vs the probe's CPU: correlation "
+             f"{_fmt(result['missed_vs_probe_cpu_corr'])} over {result['corr_window_s']:.0f} s windows")]
     if result.get("mock_rss_growth_percent") is not None:
         rows.append(("sim mock resident memory", f"{result['mock_rss_growth_percent']:+.1f} %",
                      f"{result['mock_rss_first_mb']:.0f} -> {result['mock_rss_last_mb']:.0f} MB"))
