@@ -3,6 +3,9 @@
 A directory with two files:
 
 * ``model.safetensors``: the weights that ship (EMA weights already copied in; no optimiser, no EMA shadow).
+* ``noise_steering.safetensors``, only for a noise-steered policy (``policies/noise_steering.py``): the steering
+  net that chooses the frozen policy's initial noise; the manifest's ``noise_steering`` section holds its config
+  and SHA-256, and loading returns the steered policy.
 * ``artifact.json``: the manifest, a JSON object with
   ``format`` / ``format_version``; ``policy`` (kind, config, PolicySpec, normaliser: enough to rebuild the network
   without the training code); ``observation`` (key -> shape, dtype) and ``action`` (dim, low, high, meaning);
@@ -33,6 +36,7 @@ import torch
 from policies.base import PolicyBase
 from policies.checkpoint import (_check_normalizer, _check_shapes, _first_non_finite, _sha256,
                                  replace_directory)
+from policies.noise_steering import NoisePolicyConfig, NoiseSteering, SteeredPolicy
 from policies.normalizer import Normalizer
 from policies.registry import config_to_dict, make_policy
 from policies.spec import CheckpointError, CheckpointMismatch, PolicySpec
@@ -42,10 +46,11 @@ ARTIFACT_VERSION = 1  # bump when a field changes meaning; readers refuse versio
 READABLE_VERSIONS = (1,)
 MANIFEST_FILE = "artifact.json"
 WEIGHTS_FILE = "model.safetensors"
+STEERING_FILE = "noise_steering.safetensors"
 MANIFEST_KEY = "robo_artifact"  # safetensors header metadata: the content hash the weights were exported with
 
-__all__ = ["ARTIFACT_VERSION", "ArtifactError", "MANIFEST_FILE", "WEIGHTS_FILE", "content_hash", "is_artifact",
-           "load_artifact", "read_manifest", "save_artifact"]
+__all__ = ["ARTIFACT_VERSION", "ArtifactError", "MANIFEST_FILE", "STEERING_FILE", "WEIGHTS_FILE", "content_hash",
+           "is_artifact", "load_artifact", "read_manifest", "save_artifact"]
 
 
 class ArtifactError(CheckpointError):
@@ -70,13 +75,19 @@ def _spec_sections(spec: PolicySpec) -> dict[str, Any]:
 
 
 # --- writing -----------------------------------------------------------------------------------------------------
-def save_artifact(path_dir: str | os.PathLike, policy: PolicyBase, *, control_rate_hz: float,
+def save_artifact(path_dir: str | os.PathLike, policy: PolicyBase | SteeredPolicy, *, control_rate_hz: float,
                   safety_limits: dict[str, Any], provenance: dict[str, Any],
                   action_low: list[float] | None = None, action_high: list[float] | None = None,
                   action_meaning: str = "", inference_steps: int = 1) -> dict[str, Any]:
     """Write ``policy`` (with the weights it runs now: call under ``shipped_weights()`` or after
-    ``use_ema_weights()``) as an artifact, atomically. Returns the manifest written."""
+    ``use_ema_weights()``) as an artifact, atomically; a :class:`SteeredPolicy` ships its base policy and its
+    steering net. Returns the manifest written."""
+    from dataclasses import asdict
+
     from safetensors.torch import save_file
+
+    steering = policy.steering if isinstance(policy, SteeredPolicy) else None
+    policy = policy.base if isinstance(policy, SteeredPolicy) else policy
 
     if not control_rate_hz > 0:
         raise ArtifactError(f"control rate must be positive, got {control_rate_hz}; pass the rate the policy was "
@@ -90,7 +101,9 @@ def save_artifact(path_dir: str | os.PathLike, policy: PolicyBase, *, control_ra
     if len(low) != dim or len(high) != dim or any(lo >= hi for lo, hi in zip(low, high)):
         raise ArtifactError(f"action bounds must be {dim} pairs with low < high, got low={low}, high={high}")
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in policy.state_dict().items()}
-    bad = _first_non_finite(tensors)
+    steering_tensors = ({k: v.detach().cpu().contiguous().clone() for k, v in steering.state_dict().items()}
+                        if steering is not None else {})
+    bad = _first_non_finite(tensors) or _first_non_finite(steering_tensors)
     if bad:
         raise ArtifactError(f"refusing to export: weight '{bad}' is NaN or inf (use an earlier checkpoint)")
     # Inference needs no EMA: the shipped weights are the model's own, and rebuilding skips the EMA copy.
@@ -108,10 +121,15 @@ def save_artifact(path_dir: str | os.PathLike, policy: PolicyBase, *, control_ra
         "safety_limits": safety_limits,
         "provenance": provenance,
     }
+    if steering is not None:
+        manifest["noise_steering"] = {"config": asdict(steering.config)}
     json.dumps(manifest)  # a non-serialisable provenance must fail before anything is written
 
     def fill(directory: Path) -> None:
         save_file(tensors, str(directory / WEIGHTS_FILE), metadata={MANIFEST_KEY: ARTIFACT_FORMAT})
+        if steering is not None:
+            save_file(steering_tensors, str(directory / STEERING_FILE), metadata={MANIFEST_KEY: ARTIFACT_FORMAT})
+            manifest["noise_steering"]["weights_sha256"] = _sha256(directory / STEERING_FILE)
         manifest["weights_sha256"] = _sha256(directory / WEIGHTS_FILE)
         manifest["content_sha256"] = content_hash(manifest)
         (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
@@ -162,6 +180,14 @@ def read_manifest(path_dir: str | os.PathLike) -> dict[str, Any]:
         _check_normalizer(path, spec, manifest["policy"].get("normalizer") or {})
     except CheckpointError as err:
         raise ArtifactError(str(err)) from None
+    steering = manifest.get("noise_steering")
+    if steering is not None:
+        if not isinstance(steering, dict) or not isinstance(steering.get("config"), dict) \
+                or "weights_sha256" not in steering:
+            raise ArtifactError(f"{path / MANIFEST_FILE} has a malformed noise_steering section; re-export")
+        if not (path / STEERING_FILE).is_file():
+            raise ArtifactError(f"{path} is a noise-steered artifact but {STEERING_FILE} is missing; copy the "
+                                f"artifact directory as a whole")
     return manifest
 
 
@@ -209,4 +235,34 @@ def load_artifact(path_dir: str | os.PathLike, device: str | torch.device = "cpu
     policy.to(device)
     policy.eval()
     policy.requires_grad_(False)
+    if "noise_steering" in manifest:
+        return _load_steered(path, policy, manifest["noise_steering"], device), manifest
     return policy, manifest
+
+
+def _load_steered(path: Path, policy: PolicyBase, section: dict[str, Any],
+                  device: str | torch.device) -> SteeredPolicy:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights_file = path / STEERING_FILE
+    if _sha256(weights_file) != section["weights_sha256"]:
+        raise ArtifactError(f"{weights_file} is not the file this manifest was exported with (SHA-256 differs); "
+                            f"copy the artifact directory as a whole")
+    try:
+        steering = NoiseSteering(policy, NoisePolicyConfig.from_json(section["config"]))
+        tensors = load_file(str(weights_file))
+    except (SafetensorError, OSError, TypeError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ArtifactError(f"{weights_file} cannot be loaded ({first}); re-export the artifact") from None
+    bad = _first_non_finite(tensors)
+    if bad:
+        raise ArtifactError(f"{weights_file}: weight '{bad}' is NaN or inf; this artifact cannot drive anything")
+    try:
+        _check_shapes(path, steering.state_dict(), tensors, file=STEERING_FILE)
+    except CheckpointError as err:
+        raise ArtifactError(str(err)) from None
+    steering.load_state_dict(tensors, strict=True)
+    steering.to(device)
+    steering.requires_grad_(False)
+    return SteeredPolicy(policy, steering).eval()

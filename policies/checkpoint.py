@@ -290,16 +290,16 @@ def _sha256(path: Path) -> str:
 
 
 def _check_shapes(path: Path, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor],
-                  what: str = "weights") -> None:
+                  what: str = "weights", file: str = WEIGHTS_FILE) -> None:
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{path / WEIGHTS_FILE} {what} do not match the config: missing {missing[:3]}"
+        raise CheckpointError(f"{path / file} {what} do not match the config: missing {missing[:3]}"
                               f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
                               f"{'...' if len(unexpected) > 3 else ''}")
     for name, tensor in expected.items():
         if tuple(found[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"{path / WEIGHTS_FILE} {what} '{name}' has shape {tuple(found[name].shape)}, "
+            raise CheckpointError(f"{path / file} {what} '{name}' has shape {tuple(found[name].shape)}, "
                                   f"the config builds {tuple(tensor.shape)} (horizon, n_obs or image size differ "
                                   f"from training?)")
 

@@ -39,7 +39,7 @@ class ExportError(ValueError):
 
 @dataclass
 class ExportConfig:
-    checkpoint: Path = Path("data/runs/lift_onestep/best")  # checkpoint directory to ship (the gated student)
+    checkpoint: Path = Path("data/runs/lift_onestep/best")  # checkpoint directory to ship (the gated student), or a noise-PPO run's ppo/best (ships the steered student)
     output: Path = Path("data/artifacts/lift")  # artifact directory to write (replaced atomically)
     safety_limits: Path | None = None  # SafetyLimits fields (hardware/safety.py) over its defaults: a plain map, a `safety:` section or a robot's ROS parameter file
     control_rate_hz: float = 0.0  # policy rate on the robot; 0 = the dataset's recording rate (fps)
@@ -144,12 +144,36 @@ def provenance_chain(checkpoint: Path) -> list[dict[str, Any]]:
     return stages
 
 
+def _steered(path: Path) -> tuple[Path, Any, dict[str, Any]] | None:
+    """For a noise-PPO run's folder (noise_policy.json): the base checkpoint it steers, the steered policy (base
+    EMA weights, as a checkpoint ships) and its provenance stage; None for an ordinary checkpoint."""
+    from policies.checkpoint import _sha256
+    from robo.rl.noise_ppo import WEIGHTS_FILE, load_noise_policy, read_noise_policy
+
+    meta = read_noise_policy(path)
+    if meta is None:
+        return None
+    base = Path(meta["base_checkpoint"])
+    if not base.is_dir():
+        raise ExportError(f"{path} steers {base}, which does not exist; export from where the run was made")
+    actor = load_noise_policy(path)
+    extra = meta.get("extra") or {}
+    stage = {"name": extra.get("stage", "online_ppo_noise"), "checkpoint": str(path), "policy_kind": "noise_steered",
+             "weights_sha256": _sha256(path / WEIGHTS_FILE), "success_rate": extra.get("success_rate"),
+             "eval_episodes": extra.get("eval_episodes"), "step": extra.get("iteration"),
+             "env_steps": extra.get("env_steps")}
+    return base, actor.shipped().eval(), stage  # the base as loaded for evaluation (EMA weights)
+
+
 def export(config: ExportConfig) -> dict[str, Any]:
     """Write the artifact; returns its manifest."""
     from policies.artifact import save_artifact
     from policies.checkpoint import load_checkpoint, read_config
 
     ckpt = Path(config.checkpoint)
+    steered = _steered(ckpt)
+    if steered is not None:  # the steered policy: the base checkpoint's records, the noise run on top
+        ckpt = steered[0]
     meta = read_config(ckpt)
     extra = meta.get("extra") or {}
     gate = None
@@ -164,7 +188,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
     rate = config.control_rate_hz or float(extra.get("fps") or 0)
     if rate <= 0:
         raise ExportError(f"{ckpt} does not record its dataset's rate; pass --control-rate-hz")
-    stages = provenance_chain(ckpt)
+    stages = ([steered[2]] if steered is not None else []) + provenance_chain(ckpt)
     if config.stage_results is not None:
         more = _read_structured(Path(config.stage_results))
         if not isinstance(more, list):
@@ -173,11 +197,11 @@ def export(config: ExportConfig) -> dict[str, Any]:
     provenance = {"task": extra.get("task"), "dataset": extra.get("dataset"),
                   "robot_config": extra.get("robot_config"), "stages": stages, "student_gate": gate,
                   "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    policy = load_checkpoint(ckpt, use_ema=True)
+    policy = steered[1] if steered is not None else load_checkpoint(ckpt, use_ema=True)
     manifest = save_artifact(config.output, policy, control_rate_hz=rate,
                              safety_limits=resolve_safety_limits(config.safety_limits, rate), provenance=provenance,
                              action_meaning="OSC_POSE deltas: dx dy dz (x0.05 m) droll dpitch dyaw (x0.5 rad), "
                                             "gripper (-1 open, +1 close)",
                              inference_steps=config.inference_steps)
-    log.info("exported %s -> %s (content %s)", ckpt, config.output, manifest["content_sha256"][:12])
+    log.info("exported %s -> %s (content %s)", config.checkpoint, config.output, manifest["content_sha256"][:12])
     return manifest

@@ -215,7 +215,8 @@ def train_online(config: FinetuneConfig, venv: Any = None,
 
     def save(directory: Path, figures: dict[str, Any], trainer: bool) -> None:
         if noise:
-            save_noise_policy(directory, actor, str(source))
+            save_noise_policy(directory, actor, str(source),
+                              {"stage": extra["stage"], **figures, "env_steps": state["env_steps"]})
             if trainer:
                 torch.save({"value": value.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                             "actor": actor.state_dict()}, directory / TRAINER_STATE)

@@ -212,3 +212,47 @@ def test_checkpoint_is_not_an_artifact(tmp_path, chain):
     assert not is_artifact(st)
     with pytest.raises(CheckpointError, match="artifact.json is missing"):
         load_artifact(st)
+
+
+def test_a_noise_steered_student_ships_and_runs_as_it_was_evaluated(tmp_path, chain):
+    """A noise-PPO run's ppo/best exports as one artifact (student + steering net); loaded as the node loads it,
+    it draws exactly the chunks the run's evaluation drew from the same seed, and its steering file is guarded
+    by the manifest's hash like the weights."""
+    from hardware.deploy_policy import NumpyPolicy
+    from policies.checkpoint import load_checkpoint
+    from robo.rl.noise_ppo import NoiseActor, load_noise_policy, save_noise_policy
+
+    bc, st = chain
+    actor = NoiseActor(load_checkpoint(st))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained steering net: a mean away from 0 and a narrower std
+        for p in actor.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    save_noise_policy(tmp_path / "noise", actor, str(st), {"stage": "online_ppo_noise", "success_rate": 0.6,
+                                                            "eval_episodes": 20, "env_steps": 4096})
+    manifest = export(ExportConfig(checkpoint=tmp_path / "noise", output=tmp_path / "art"))
+    stages = manifest["provenance"]["stages"]
+    assert [s["checkpoint"] for s in stages] == [str(tmp_path / "noise"), str(st), str(bc)]
+    assert stages[0]["policy_kind"] == "noise_steered" and stages[0]["success_rate"] == 0.6
+    assert manifest["policy"]["kind"] == "consistency" and "noise_steering" in manifest
+
+    deployed, _ = load_artifact(tmp_path / "art")
+    assert deployed.kind == "noise_steered" and deployed.spec == load_checkpoint(st).spec
+    obs = make_batch("lowdim", n=2)["obs"]  # numpy, as the runner passes it
+    runs = []
+    for policy in (load_noise_policy(tmp_path / "noise").shipped(), deployed, load_checkpoint(st)):
+        numpy_policy = NumpyPolicy(policy)  # what robo eval and the node call
+        numpy_policy.reseed(10_000, 0)
+        runs.append(numpy_policy.predict(obs))
+    evaluated, shipped, unsteered = runs
+    assert (shipped == evaluated).all(), "the artifact does not run what the noise-PPO run evaluated"
+    assert abs(shipped - unsteered).max() > 1e-3, "the steering net was dropped on export"
+
+    steering_file = tmp_path / "art" / "noise_steering.safetensors"
+    good = steering_file.read_bytes()
+    steering_file.write_bytes(good[:-8] + bytes(8))
+    with pytest.raises(ArtifactError, match="noise_steering.safetensors is not the file"):
+        load_artifact(tmp_path / "art")
+    steering_file.unlink()
+    with pytest.raises(ArtifactError, match="noise_steering.safetensors is missing"):
+        load_artifact(tmp_path / "art")

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from policies.diffusion import gaussian_logprob
+from policies.noise_steering import clipped_noise
 from robo.rl.ppo import PPOConfig, chunk_gae, clipped_value_loss, ppo_step
 
 HOLD_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], np.float32)  # OSC deltas zero, gripper open: stay still
@@ -65,12 +66,6 @@ def masked_logprob(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor, tim
         x, mean = x[:, m], mean[:, m]
         sigma = sigma[m] if sigma.ndim >= 2 else sigma  # a per-(T, A) std is masked along with the samples
     return gaussian_logprob(x, mean, sigma) / x[0].numel()
-
-
-def _clipped_noise(shape: torch.Size, generator: torch.Generator | None, clip: float, device: torch.device
-                   ) -> torch.Tensor:
-    z = torch.randn(shape, generator=generator, device=generator.device if generator else device).to(device)
-    return z.clamp(-clip, clip) if clip > 0 else z
 
 
 # --- actors ------------------------------------------------------------------------------------------------------
@@ -129,7 +124,7 @@ class ChainActor:
             chain, logps = [x], []
             for k in range(self.num_logp_steps):
                 mean, sigma = self._step(x, k, cond)
-                x = mean + sigma * _clipped_noise(mean.shape, generator, self.noise_clip, mean.device)
+                x = mean + sigma * clipped_noise(mean.shape, generator, self.noise_clip, mean.device)
                 logps.append(masked_logprob(x, mean, sigma, self.time_mask))
                 chain.append(x)
             actions = self.policy.unnormalize_action(x.clamp(-1.0, 1.0))
@@ -166,7 +161,7 @@ class GaussianActor:
             ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             mean, std = self._dist(obs)
-            x = mean + std * _clipped_noise(mean.shape, generator, self.noise_clip, mean.device)
+            x = mean + std * clipped_noise(mean.shape, generator, self.noise_clip, mean.device)
             logp = masked_logprob(x, mean, std, self.time_mask)[:, None]
             actions = self.policy.unnormalize_action(x.clamp(-1.0, 1.0))
         return actions.cpu().numpy(), x, logp
