@@ -328,3 +328,29 @@ def test_trainer_starts_from_the_offline_critic_without_warmup(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         train_online(FinetuneConfig(**{**cfg.__dict__, "output_dir": tmp_path / "ft2", "value_init": path}),
                      venv=toy_venv(2))
+
+
+def _learn_reach(tmp_path, kind: str) -> tuple[float, float]:
+    """Training success of the first and last 10 of 80 PPO iterations on the toy reach task, from an untrained
+    policy (~10 % success by chance), through the real trainer."""
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "bc", build(kind, "lowdim"), {"task": "Reach", "fps": 20})
+    cfg = FinetuneConfig(checkpoint=ckpt, output_dir=tmp_path / "ft", env_steps=40960, chunks_per_iter=32,
+                         epochs=5, minibatch_size=64, value_warmup_iters=2, eval_episodes=0, progress=False,
+                         lr=1e-3, clip_eps=0.2, target_kl=0.0)
+    history = train_online(cfg, venv=toy_venv(4, horizon=16, start=0.35))["history"]["train_success"]
+    return float(np.mean(history[:10])), float(np.mean(history[-10:]))
+
+
+def test_gaussian_ppo_learns_the_toy_reach(tmp_path):
+    """The trainer core learns: 0.09 -> 1.0 in 40k env steps (~20 s)."""
+    first, last = _learn_reach(tmp_path, "gaussian")
+    assert first < 0.3 and last > 0.8, (first, last)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="chain PPO does not learn the toy reach (0.13 -> 0.11; docs/online_rl.md, "
+                                       "'Chain PPO does not learn yet'): the known defect behind issue 8's headline")
+def test_chain_ppo_learns_the_toy_reach(tmp_path):
+    first, last = _learn_reach(tmp_path, "diffusion-mlp")
+    assert last > first + 0.3, (first, last)
