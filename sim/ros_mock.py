@@ -11,7 +11,7 @@ rate: PoseStamped targets (Cartesian impedance), JointTrajectory (joint_trajecto
 command older than ``command_timeout_s`` is not executed (the arm holds), as a controller's cmd_timeout does.
 
 Episodes end on success or at the horizon; each one is reported on ``/sim/episode`` (std_msgs/String, JSON, with
-the mock's process id under ``mock``) and the next starts with the next seed. ``/sim/reset`` (std_srvs/Trigger) ends
+the mock's horizon and process id) and the next starts with the next seed. ``/sim/reset`` (std_srvs/Trigger) ends
 the current episode unreported and starts the seed sequence over from ``seed``: the mock steps from the moment it
 starts, so a run that should see the same seeded episodes as ``robo eval --seed <seed>`` resets once the policy node
 is commanding. Its answer names the episode, seed and process ("episode N, seed S, mock P"): a second mock left
@@ -160,7 +160,8 @@ class SimMock(_node_base()):  # type: ignore[misc]
         self.counters = {"steps": 0, "executed": 0, "held": 0, "rejected": 0}
         self._publish_state()
         self.create_timer(1.0 / cfg.control_hz, self._step)
-        self.get_logger().info(f"sim mock: {cfg.task} at {cfg.control_hz} Hz, cameras {cfg.cameras}")
+        self.get_logger().info(f"sim mock: {cfg.task} at {cfg.control_hz} Hz, horizon {self.env.horizon}, "
+                               f"cameras {cfg.cameras}")
 
     def _store(self, kind: str, msg: Any) -> None:
         self._commands[kind] = (msg, time.monotonic())  # callbacks only store; the step timer executes
@@ -208,7 +209,7 @@ class SimMock(_node_base()):  # type: ignore[misc]
         self.counters["steps"] += 1
         if terminated or truncated:
             result = {"episode": self.episode, "seed": self._seed(), "success": bool(info["success"]),
-                      "steps": self.steps, "mock": os.getpid()}
+                      "steps": self.steps, "horizon": self.env.horizon, "mock": os.getpid()}
             self.results.append(result)
             self._episode_pub.publish(self._msgs[4](data=json.dumps(result)))
             self._new_episode()
