@@ -24,6 +24,9 @@ def run_node(build: Callable[[], Any], argv: list[str] | None = None,
         print(f"error: {err}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    except KeyboardInterrupt:  # stopped while still loading (a launch stopped during start-up): a stop, not a crash
+        rclpy.try_shutdown()
+        return 0
     try:
         executor = SingleThreadedExecutor()  # one persistent executor: no per-spin add/remove of the node
         executor.add_node(node)

@@ -49,15 +49,21 @@ class Node(rclpy.node.Node):
         cause = KeyboardInterrupt() if sys.argv[1] == "ctrl-c" else ValueError("a real bug")
         raise SystemError("CPUDispatcher(<function f>) returned a result with an exception set") from cause
 
-sys.exit(run_node(Node, []))
+
+class LoadingNode(rclpy.node.Node):  # Ctrl-C while the node still loads its policy
+    def __init__(self):
+        raise KeyboardInterrupt()
+
+sys.exit(run_node(LoadingNode if sys.argv[1] == "loading" else Node, []))
 """
 
 
 @pytest.mark.ros
-@pytest.mark.parametrize("cause, clean", [("ctrl-c", True), ("bug", False)])
+@pytest.mark.parametrize("cause, clean", [("ctrl-c", True), ("bug", False), ("loading", True)])
 def test_ctrl_c_inside_compiled_code_stops_the_node_cleanly_and_real_errors_still_surface(cause, clean):
     """Ctrl-C landing in numba code (robosuite's controller in the sim mock) surfaces as a SystemError caused by the
-    KeyboardInterrupt: that is a stop (exit 0, no traceback); a SystemError with any other cause is not hidden."""
+    KeyboardInterrupt: that is a stop (exit 0, no traceback); a SystemError with any other cause is not hidden. So is
+    a Ctrl-C while the node is still loading (a launch stopped during start-up)."""
     import subprocess
     import sys
     from pathlib import Path
