@@ -171,9 +171,10 @@ def export(config: ExportConfig) -> dict[str, Any]:
     from policies.checkpoint import load_checkpoint, read_config
 
     ckpt = Path(config.checkpoint)
-    steered = _steered(ckpt)
-    if steered is not None:  # the steered policy: the base checkpoint's records, the noise run on top
-        ckpt = steered[0]
+    steered, noise_stage = None, None
+    found = _steered(ckpt)
+    if found is not None:  # the steered policy: the base checkpoint's records, the noise run on top
+        ckpt, steered, noise_stage = found
     meta = read_config(ckpt)
     extra = meta.get("extra") or {}
     gate = None
@@ -188,7 +189,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
     rate = config.control_rate_hz or float(extra.get("fps") or 0)
     if rate <= 0:
         raise ExportError(f"{ckpt} does not record its dataset's rate; pass --control-rate-hz")
-    stages = ([steered[2]] if steered is not None else []) + provenance_chain(ckpt)
+    stages = ([noise_stage] if noise_stage is not None else []) + provenance_chain(ckpt)
     if config.stage_results is not None:
         more = _read_structured(Path(config.stage_results))
         if not isinstance(more, list):
@@ -197,7 +198,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
     provenance = {"task": extra.get("task"), "dataset": extra.get("dataset"),
                   "robot_config": extra.get("robot_config"), "stages": stages, "student_gate": gate,
                   "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    policy = steered[1] if steered is not None else load_checkpoint(ckpt, use_ema=True)
+    policy = steered if steered is not None else load_checkpoint(ckpt, use_ema=True)
     manifest = save_artifact(config.output, policy, control_rate_hz=rate,
                              safety_limits=resolve_safety_limits(config.safety_limits, rate), provenance=provenance,
                              action_meaning="OSC_POSE deltas: dx dy dz (x0.05 m) droll dpitch dyaw (x0.5 rad), "
