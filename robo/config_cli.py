@@ -46,6 +46,17 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
+class _Repeatable(argparse.Action):
+    """``nargs="*"`` that also accumulates across repeats: ``--arg a --arg b`` is ``--arg a b`` (plain ``store``
+    would keep only the last). The first use on a command line replaces the default."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest, None)
+        fresh = current is None or current is self.default
+        setattr(namespace, self.dest, list(values) if fresh else [*current, *values])
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
                        only_explicit: bool = False) -> None:
     """Add ``--field`` flags for ``cls``. With ``only_explicit`` the namespace holds only flags the user gave, so
@@ -68,7 +79,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
             parser.add_argument(flag, dest=f.name, choices=typing.get_args(tp), default=default, help=text)
         elif origin in (tuple, list):
             item = typing.get_args(tp)[0]
-            parser.add_argument(flag, dest=f.name, nargs="*", type=item, default=default, help=text)
+            parser.add_argument(flag, dest=f.name, nargs="*", type=item, default=default, help=text,
+                                action=_Repeatable)
         elif tp in (int, float, str, Path):
             parser.add_argument(flag, dest=f.name, type=tp, default=default, help=text)
         else:

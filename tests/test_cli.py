@@ -125,3 +125,32 @@ def test_keyboard_teleop_without_a_display_is_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "PYNPUT_BACKEND", "WAYLAND_DISPLAY")}
     one_line_error(robo("collect", "--source", "keyboard", "--output", tmp_path / "kb.zarr", env=env),
                    "keyboard teleop needs a graphical session and DISPLAY is not set", "--source spacemouse")
+
+
+def test_list_flags_accumulate_when_repeated_and_replace_the_default():
+    """`robo deploy --arg a:=1 --arg b:=2` keeps both (plain argparse kept only the last: a DDS test's mock ran
+    on the launch file's default parameters because its --arg mock_params:=... was followed by --arg params:=...)."""
+    import argparse
+    from dataclasses import dataclass
+
+    from robo.cli import build_parser
+    from robo.config_cli import add_dataclass_args, dataclass_from_args
+    from robo.deploy import DeployRunConfig
+
+    args = build_parser().parse_args(["deploy", "--arg", "mock_params:=m.yaml", "--arg", "params:=n.yaml"])
+    assert dataclass_from_args(DeployRunConfig, args).arg == ("mock_params:=m.yaml", "params:=n.yaml")
+    args = build_parser().parse_args(["deploy", "--arg", "mock_params:=m.yaml", "params:=n.yaml"])
+    assert dataclass_from_args(DeployRunConfig, args).arg == ("mock_params:=m.yaml", "params:=n.yaml")
+
+    @dataclass
+    class WithDefault:
+        cameras: tuple[str, ...] = ("agentview",)
+
+    for explicit in (False, True):
+        parser = argparse.ArgumentParser()
+        add_dataclass_args(parser, WithDefault, only_explicit=explicit)
+        assert parser.parse_args(["--cameras", "a", "--cameras", "b"]).cameras == ["a", "b"]
+        assert parser.parse_args(["--cameras"]).cameras == []
+        if not explicit:
+            assert parser.parse_args([]).cameras == ("agentview",)
+    assert argparse.Namespace(**vars(parser.parse_args([]))) == argparse.Namespace()  # only_explicit: nothing given
