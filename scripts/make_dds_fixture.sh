@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes tests/fixtures/lift_onestep/best: the small one-step Lift policy that the default test suite deploys over
-# DDS (tests/test_ros_node.py::test_trained_policy_over_dds_agrees_with_robo_eval). 100 scripted demonstrations
+# DDS (tests/test_ros_dds.py::test_trained_policy_over_dds_agrees_with_robo_eval). 100 scripted demonstrations
 # (seeds 0-99), a natively trained consistency policy (preset lowdim_consistency_small: 6000 steps x 256, one CPU
 # thread), its best/ checkpoint copied into the fixture, then `robo eval` over 100 test episodes (seeds 10000-10099).
 # Run it again whenever the checkpoint format changes (the strict loader refuses a stale fixture).
