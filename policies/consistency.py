@@ -93,20 +93,34 @@ class ConsistencyPolicy(PolicyBase):
 
     # --- construction from a teacher ---------------------------------------------------------------------------
     @classmethod
-    def from_teacher(cls, teacher: Any, config: ConsistencyPolicyConfig | None = None) -> ConsistencyPolicy:
-        """A distillation student: the teacher's schedule, architecture and weights; encoder frozen.
+    def from_teacher(cls, teacher: Any, overrides: dict[str, Any] | None = None) -> ConsistencyPolicy:
+        """A distillation student: the teacher's schedule, encoder (frozen) and, by default, its denoiser's weights.
 
+        ``overrides``: student config fields (a preset's ``policy:`` section). A ``denoiser`` other than the
+        teacher's (e.g. an MLP, fewer network ops per call than the teacher's UNet) starts from random weights and
+        needs a longer distillation; the fields that tie the student to the teacher's schedule cannot be changed.
         Pass the teacher with the weights it is evaluated with (EMA weights: ``load_checkpoint(use_ema=True)``).
         """
+        from policies.registry import config_from_dict, config_to_dict
+
         tc = teacher.config
-        config = config or ConsistencyPolicyConfig(
+        config = ConsistencyPolicyConfig(
             encoder=copy.deepcopy(tc.encoder), denoiser=copy.deepcopy(tc.denoiser), mode="distilled",
             num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule,
             prediction_type=tc.prediction_type, teacher_steps=tc.num_inference_steps,
             ema=tc.ema, ema_decay=tc.ema_decay, ema_power=tc.ema_power)
+        overrides = dict(overrides or {})
+        fixed = sorted(set(overrides) & {"mode", "encoder", "num_train_timesteps", "beta_schedule",
+                                         "prediction_type", "teacher_steps"})
+        if fixed:
+            raise ValueError(f"a distilled student takes {', '.join(fixed)} from its teacher; remove "
+                             f"{'them' if len(fixed) > 1 else 'it'} from the student's policy config")
+        if overrides:
+            config = config_from_dict(ConsistencyPolicyConfig, {**config_to_dict(config), **overrides})
         student = cls(teacher.spec, teacher.normalizer, config).to(teacher.device)
         student.encoder.load_state_dict(teacher.encoder.state_dict())
-        student.denoiser.load_state_dict(teacher.denoiser.state_dict())
+        if config.denoiser == tc.denoiser:
+            student.denoiser.load_state_dict(teacher.denoiser.state_dict())
         student.init_ema()  # the EMA must start from the copied weights, not the random ones
         student.attach_teacher(teacher)
         return student

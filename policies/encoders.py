@@ -178,7 +178,8 @@ class ObservationEncoder(nn.Module):
         """Features of (b*t, H, W, C) frames, reusing those of frames identical to one of the same batch row in the
         previous call (with a history of n_obs frames, all but the newest were seen before)."""
         encoder = self.camera_encoders[cam]
-        version = tuple(p._version for p in encoder.parameters())
+        # Parameters made under torch.inference_mode carry no version counter (and cannot change outside it).
+        version = tuple(-1 if p.is_inference() else p._version for p in encoder.parameters())
         cached = self._frame_cache.get(cam)
         out = torch.empty(0)
         hits: dict[int, torch.Tensor] = {}

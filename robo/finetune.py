@@ -58,6 +58,10 @@ class FinetuneConfig:
     noise_lr: float = 3e-4  # noise-space policy learning rate (a small fresh MLP, not a pretrained denoiser)
     critic_lr: float = 1e-3  # value net learning rate
     max_grad_norm: float = 1.0  # gradient-norm clip
+    bc_coef: float = 0.0  # weight of a behaviour-cloning anchor: the policy's training loss on its dataset
+    #   in every PPO minibatch (DPPO's bc_loss_coeff). With few episodes per iteration the advantages are mostly noise, and the
+    #   chain follows it: under pure-noise advantages the shipped (deterministic) chunk drifted 0.13-0.29 (RMS,
+    #   normalised actions) in 5 iterations on Lift, 0.05 with bc_coef 1 (docs/online_rl.md). Not for --method noise.
     value_warmup_iters: int = 2  # first iterations fit only the value net, to Monte-Carlo returns
     value_init: Path | None = None  # safetensors of a ValueNet to start from (e.g. an earlier run's value.safetensors)
     value_from_critic: Path | None = None  # an offline IQL critic (robo improve's <out>/critic): its V becomes the
@@ -103,6 +107,34 @@ def build_actor(policy: Any, config: FinetuneConfig) -> Any:
             raise ValueError(f"Gaussian PPO needs a gaussian checkpoint, got a {policy.kind} policy")
         return GaussianActor(policy, config.noise_clip, config.executed_only)
     return NoiseActor(policy, NoisePolicyConfig(noise_clip=config.noise_clip))
+
+
+def dataset_of(config: FinetuneConfig) -> Path:
+    """The dataset the checkpoint was trained on (or ``--dataset``): distillation and the BC anchor use it."""
+    from policies.checkpoint import read_config
+
+    dataset = config.dataset or read_config(config.checkpoint).get("extra", {}).get("dataset")
+    if not dataset:
+        raise ValueError(f"{config.checkpoint} does not name its dataset; pass --dataset")
+    return Path(dataset)
+
+
+def behaviour_cloning_loss(policy: Any, config: FinetuneConfig) -> Callable[[], torch.Tensor]:
+    """``bc_coef`` x the policy's training loss on a fresh minibatch of its dataset (seeded by ``config.seed``)."""
+    from robo.data.sampler import SamplerConfig, SequenceSampler
+    from robo.data.store import ZarrDataset
+
+    if config.method == "noise":
+        raise ValueError("--bc-coef anchors the policy PPO trains; noise-space PPO leaves it frozen (use 0)")
+    spec = policy.spec
+    sampler = SequenceSampler(ZarrDataset.open(dataset_of(config)),
+                              SamplerConfig(obs_keys=list(spec.obs_keys), n_obs=spec.n_obs, horizon=spec.horizon))
+    rng = np.random.default_rng(_seed_of(config.seed, 3))
+
+    def loss() -> torch.Tensor:
+        return config.bc_coef * policy.compute_loss(sampler.sample(config.minibatch_size, rng))
+
+    return loss
 
 
 def _device(name: str) -> torch.device:
@@ -194,6 +226,7 @@ def train_online(config: FinetuneConfig, venv: Any = None,
         from safetensors.torch import load_file
 
         value.load_state_dict(load_file(str(config.value_init)))
+    bc_loss = behaviour_cloning_loss(policy, config) if config.bc_coef > 0 else None
     clip_eps = config.clip_eps or (0.01 if actor.num_logp_steps > 1 else 0.05)
     ppo_cfg = PPOConfig(clip_eps=clip_eps, target_kl=config.target_kl, max_grad_norm=config.max_grad_norm,
                         value_clip=config.value_clip, trainable_last_k=0)  # last-K' is handled inside ChainActor
@@ -256,7 +289,7 @@ def train_online(config: FinetuneConfig, venv: Any = None,
             progress = state["env_steps"] / config.env_steps
             stats = ppo_update(actor, value, rollout, adv, ret, v_old, optimizer, ppo_cfg, config.epochs,
                                config.minibatch_size, config.vf_coef, not warmup, progress,
-                               np.random.default_rng(_seed_of(config.seed, it, 2)))
+                               np.random.default_rng(_seed_of(config.seed, it, 2)), aux_loss=bc_loss)
             policy.eval()
             elapsed = time.perf_counter() - started
             train_time, train_steps = train_time + elapsed, train_steps + rollout.env_steps
@@ -406,11 +439,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         from robo.train import build_config, train
 
         teacher = Path(ppo["best_dir"])
-        dataset = config.dataset or read_config(config.checkpoint).get("extra", {}).get("dataset")
-        if not dataset:
-            raise ValueError(f"{config.checkpoint} does not name its dataset; pass --dataset for distillation")
         student_out = out / "student"
-        train(build_config("distill", {"dataset": Path(dataset), "output_dir": student_out, "teacher": teacher,
+        train(build_config("distill", {"dataset": dataset_of(config), "output_dir": student_out, "teacher": teacher,
                                        "seed": config.seed, "steps": config.distill_steps, "eval_episodes": 0,
                                        "resume": config.resume and (student_out / "last").exists(),
                                        "progress": config.progress}))

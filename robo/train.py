@@ -221,7 +221,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     elif teacher is not None:
         from policies.consistency import ConsistencyPolicy
 
-        policy = ConsistencyPolicy.from_teacher(teacher).to(device)
+        policy = ConsistencyPolicy.from_teacher(teacher, config.policy_config).to(device)
     else:
         policy = make_policy(config.policy, spec, train_sampler.fit_normalizer(), config.policy_config or None).to(device)
     if teacher is not None:

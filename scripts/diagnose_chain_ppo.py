@@ -12,6 +12,7 @@ starts untrained (~10 % success by chance). It prints the training success per 1
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from robo.rl.online import (ChainActor, GaussianActor, RolloutState, ValueNet, a
                             collect_rollout, ppo_update)
 from robo.rl.ppo import PPOConfig  # noqa: E402
 from test_online_ppo import toy_venv  # noqa: E402
-from test_policies import ACT, HORIZON, N_OBS, build  # noqa: E402
+from policies.registry import make_policy  # noqa: E402
+from test_policies import ACT, HORIZON, N_OBS, build, tiny_config  # noqa: E402
 
 
 def expert_batch(rng: np.random.Generator, n: int, noise: float) -> dict:
@@ -44,11 +46,16 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=60)
     parser.add_argument("--bc-steps", type=int, default=4000)
     parser.add_argument("--expert-noise", type=float, default=0.6)
+    parser.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "sample"],
+                        help="diffusion-mlp: what the denoiser predicts (sample = the clean chunk x0)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     policy = build(args.kind, "lowdim")
+    if args.kind != "gaussian" and args.prediction_type != policy.config.prediction_type:
+        kind, cfg = tiny_config(args.kind)
+        policy = make_policy(kind, policy.spec, policy.normalizer, replace(cfg, prediction_type=args.prediction_type))
     if args.start == "bc":
         optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
         policy.train()
@@ -75,7 +82,7 @@ def main() -> None:
         success.append(float(np.mean(outcomes)) if outcomes else 0.0)
         if it % 10 == 9:
             print(f"iterations {it - 9}-{it}: training success {np.mean(success[-10:]):.3f}", flush=True)
-    print(f"{args.kind} from {args.start}, clip {args.clip}, lr {args.lr}: first 5 iterations "
+    print(f"{args.kind} ({args.prediction_type}) from {args.start}, clip {args.clip}, lr {args.lr}: first 5 iterations "
           f"{np.mean(success[:5]):.3f}, last 10 {np.mean(success[-10:]):.3f}")
 
 

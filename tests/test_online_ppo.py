@@ -144,6 +144,45 @@ def test_first_minibatch_ratio_is_one_and_update_moves_weights(kind):
     assert any(not torch.equal(a, b) for a, b in zip(before, actor.parameters()))
 
 
+@pytest.mark.parametrize("kind", ["chain", "gaussian"])
+def test_bc_anchor_alone_moves_the_policy_towards_its_data(kind):
+    """Advantages that carry no signal (all equal) leave the policy where it is; with the behaviour-cloning anchor
+    the same update moves it, and towards its data (its BC loss on a fixed draw falls)."""
+    batch = make_batch("lowdim", seed=5, n=32)
+
+    def bc_loss_of(policy):
+        torch.manual_seed(11)  # the same timesteps and noise for every evaluation of the diffusion loss
+        with torch.no_grad():
+            return float(policy.compute_loss(batch))
+
+    results = {}
+    for anchored in (False, True):
+        policy = build("gaussian" if kind == "gaussian" else "diffusion-mlp", "lowdim")
+        actor = build_actor(policy, FinetuneConfig(method=kind))
+        value = ValueNet(policy, hidden=(16,))
+        r = _chain_rollout(actor)
+        _, ret, v = advantages_of(r, value, GAMMA, 4, 0.95)
+        before, loss_before = [p.detach().clone() for p in actor.parameters()], bc_loss_of(policy)
+        opt = torch.optim.Adam([*actor.parameters(), *value.parameters()], lr=1e-3)
+        ppo_update(actor, value, r, torch.zeros_like(ret), ret, v, opt, PPOConfig(clip_eps=0.2), epochs=5,
+                   minibatch=8, vf_coef=0.5, policy_update=True, progress=0.0, generator=np.random.default_rng(0),
+                   aux_loss=(lambda: policy.compute_loss(batch)) if anchored else None)
+        moved = any(not torch.equal(a, b) for a, b in zip(before, actor.parameters()))
+        results[anchored] = (moved, loss_before, bc_loss_of(policy))
+    assert results[False][0] is False, "zero advantages moved the policy"
+    moved, loss_before, loss_after = results[True]
+    assert moved and loss_after < loss_before, results[True]
+
+
+def test_bc_anchor_is_refused_for_noise_space_ppo(tmp_path):
+    student = ConsistencyPolicy.from_teacher(build("diffusion-mlp", "lowdim"))
+    ckpt = save_checkpoint(tmp_path / "st", student, {"task": "Reach", "fps": 20, "dataset": str(tmp_path / "d")})
+    cfg = FinetuneConfig(checkpoint=ckpt, output_dir=tmp_path / "ft", method="noise", env_steps=32, bc_coef=1.0,
+                         chunks_per_iter=4, epochs=1, minibatch_size=4, eval_episodes=0, progress=False)
+    with pytest.raises(ValueError, match="noise-space PPO leaves it frozen"):
+        train_online(cfg, venv=toy_venv(2))
+
+
 def test_only_executed_actions_carry_likelihood():
     policy = build("diffusion-mlp", "lowdim")
     mask = executed_mask(policy.spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import dataclasses
 from dataclasses import replace
 
 import numpy as np
@@ -15,7 +16,7 @@ from policies.base import DenoisingPolicy, Policy
 from policies.registry import make_policy
 from policies.checkpoint import check_against, load_checkpoint, save_checkpoint
 from policies.consistency import ConsistencyPolicy, ConsistencyPolicyConfig
-from policies.denoisers import DenoiserConfig
+from policies.denoisers import DenoiserConfig, MLPDenoiser
 from policies.diffusion import DiffusionPolicyConfig
 from policies.encoders import EncoderConfig
 from policies.gaussian import GaussianPolicyConfig
@@ -215,14 +216,22 @@ def test_ddim_matches_diffusers_scheduler():
     assert ddpm.shape == (B, HORIZON, ACT) and torch.isfinite(ddpm).all()
 
 
-def test_distillation_moves_student_towards_teacher(tmp_path):
+@pytest.mark.parametrize("student_net", ["teacher's", "mlp"])
+def test_distillation_moves_student_towards_teacher(tmp_path, student_net):
     teacher = build("diffusion-unet", "lowdim")
     batch = make_batch("lowdim")
     train(teacher, batch, steps=15)
     teacher.eval()
-    student = ConsistencyPolicy.from_teacher(teacher)
+    overrides = {"denoiser": dataclasses.asdict(TINY_MLP)} if student_net == "mlp" else None
+    student = ConsistencyPolicy.from_teacher(teacher, overrides)
     assert student.config.mode == "distilled"
     assert not any(p.requires_grad for p in student.encoder.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(student.encoder.parameters(), teacher.encoder.parameters()))
+    # Its own network (an MLP here, cheaper per call than the teacher's UNet) starts fresh; the same one starts
+    # from the teacher's weights.
+    assert type(student.denoiser) is (MLPDenoiser if student_net == "mlp" else type(teacher.denoiser))
+    if student_net != "mlp":
+        assert all(torch.equal(a, b) for a, b in zip(student.denoiser.parameters(), teacher.denoiser.parameters()))
     noise = [torch.randn(B, HORIZON, ACT, generator=torch.Generator().manual_seed(s)) for s in range(3)]
 
     def distill_loss() -> float:
@@ -241,6 +250,14 @@ def test_distillation_moves_student_towards_teacher(tmp_path):
     loaded = load_checkpoint(tmp_path / "student", use_ema=False)
     assert torch.equal(predict_seeded(loaded, batch["obs"]), predict_seeded(student, batch["obs"]))
     assert loaded.predict(batch["obs"], steps=3).shape == (B, HORIZON, ACT)
+
+
+def test_a_student_cannot_change_what_ties_it_to_its_teacher():
+    teacher = build("diffusion-unet", "lowdim").eval()
+    with pytest.raises(ValueError, match="takes teacher_steps from its teacher"):
+        ConsistencyPolicy.from_teacher(teacher, {"teacher_steps": 5})
+    with pytest.raises(ValueError, match="has no fields"):
+        ConsistencyPolicy.from_teacher(teacher, {"widths": [8]})
 
 
 def test_consistency_multistep_and_odd_horizon():

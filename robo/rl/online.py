@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -344,8 +345,9 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
 def ppo_update(actor: Any, value: ValueNet, rollout: Rollout, adv: torch.Tensor, ret: torch.Tensor,
                v_old: torch.Tensor, optimizer: torch.optim.Optimizer, config: PPOConfig, epochs: int,
                minibatch: int, vf_coef: float, policy_update: bool, progress: float,
-               generator: np.random.Generator) -> UpdateStats:
-    """Minibatch PPO epochs; with ``policy_update`` False only the value net learns (warm-up)."""
+               generator: np.random.Generator, aux_loss: Callable[[], torch.Tensor] | None = None) -> UpdateStats:
+    """Minibatch PPO epochs; with ``policy_update`` False only the value net learns (warm-up). ``aux_loss()``
+    (e.g. a behaviour-cloning anchor) is added to every policy minibatch's loss."""
     flat_obs = _flat(rollout.obs)
     record = rollout.record.flatten(0, 1)
     logp_old = rollout.logp.flatten(0, 1)
@@ -368,8 +370,9 @@ def ppo_update(actor: Any, value: ValueNet, rollout: Rollout, adv: torch.Tensor,
                                                     config.value_clip)
 
             if policy_update:
+                extra = value_loss if aux_loss is None else (lambda: value_loss() + aux_loss())  # noqa: E731
                 result = ppo_step(optimizer, params, lambda: actor.logprob(obs, rec), logp_old[idx].to(device),
-                                  adv_f[idx].to(device), config, progress, extra_loss=value_loss)
+                                  adv_f[idx].to(device), config, progress, extra_loss=extra)
                 if steps == 0:
                     first_dev = max(abs(float(result.stats["ratio_min"].min()) - 1),
                                     abs(float(result.stats["ratio_max"].max()) - 1))
