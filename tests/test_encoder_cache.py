@@ -61,3 +61,17 @@ def test_new_weights_and_training_bypass_the_cache():
     enc.train()
     out = enc(policy.normalize_obs(_history(f0, f1)))  # autograd on: never cached
     assert out.requires_grad and "agentview" not in enc._frame_cache
+
+
+def test_a_policy_built_under_inference_mode_still_caches():
+    """Parameters made under torch.inference_mode carry no version counter; the cache must not ask for one
+    (``robo bench latency`` builds its policies that way and failed with 'Inference tensors do not track version
+    counter')."""
+    with torch.inference_mode():
+        policy = _policy()
+        enc = policy.encoder
+        f0, f1, f2 = _frames(0), _frames(1), _frames(2)
+        enc.frames_encoded = 0
+        enc(policy.normalize_obs(_history(f0, f1)))
+        enc(policy.normalize_obs(_history(f1, f2)))
+    assert enc.frames_encoded == 6

@@ -1,6 +1,7 @@
 """``robo bench latency``: per-action-chunk latency on one CPU thread at batch 1.
 
-The same diffusion policy is timed under DDPM (100 steps), DDIM (10 steps) and as its one-step distilled student,
+The same diffusion policy is timed under DDPM (100 steps), DDIM (10 steps) and as its one-step distilled students
+(the UNet student of preset ``distill``, a copy of the teacher's network, and the MLP student of ``distill_mlp``),
 with low-dim observations and with two 84x84 cameras. Beside them, in the same run: the floor the denoiser's FLOP
 count implies at this CPU's measured single-thread matmul rate, and a "straightforward" temporal UNet (widths
 64/128/256, two blocks per level, ~4.6M parameters) per denoiser call, as the baseline for the network design.
@@ -90,6 +91,7 @@ def run_latency_bench(config: LatencyBenchConfig) -> dict[str, float]:
 
     from policies.checkpoint import load_checkpoint
     from policies.consistency import ConsistencyPolicy
+    from robo.train import load_preset
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -97,6 +99,7 @@ def run_latency_bench(config: LatencyBenchConfig) -> dict[str, float]:
         with torch.inference_mode():
             policy = load_checkpoint(config.checkpoint).eval() if config.checkpoint else _policy(LOWDIM)
             student = ConsistencyPolicy.from_teacher(policy).eval()
+            mlp_student = ConsistencyPolicy.from_teacher(policy, load_preset("distill_mlp")["policy"]).eval()
             rgb_policy = _policy({**CAMERAS, **{k: v for k, v in LOWDIM.items() if k != "object_state"}})
             rgb_student = ConsistencyPolicy.from_teacher(rgb_policy).eval()
             baseline = _policy(LOWDIM, {"denoiser": {"kind": "unet", "widths": [64, 128, 256], "blocks_per_level": 2}})
@@ -107,6 +110,7 @@ def run_latency_bench(config: LatencyBenchConfig) -> dict[str, float]:
             figures["ddpm100_ms"], figures["ddpm100_p99_ms"] = _time(lambda: policy.predict(obs, scheduler="ddpm", steps=100, generator=gen), max(10, n // 5), 2)
             figures["ddim10_ms"], figures["ddim10_p99_ms"] = _time(lambda: policy.predict(obs, generator=gen), n, w)
             figures["onestep_ms"], figures["onestep_p99_ms"] = _time(lambda: student.predict(obs, generator=gen), n, w)
+            figures["onestep_mlp_ms"], figures["onestep_mlp_p99_ms"] = _time(lambda: mlp_student.predict(obs, generator=gen), n, w)
             figures["ddim10_rgb_ms"], figures["ddim10_rgb_p99_ms"] = _time(lambda: rgb_policy.predict(rgb_obs, generator=gen), max(20, n // 4), w)
             figures["onestep_rgb_ms"], figures["onestep_rgb_p99_ms"] = _time(lambda: rgb_student.predict(rgb_obs, generator=gen), max(20, n // 4), w)
             cond, x, t = policy.conditioned(obs), policy.initial_noise(1, gen), torch.tensor([10])
@@ -120,13 +124,17 @@ def run_latency_bench(config: LatencyBenchConfig) -> dict[str, float]:
             figures["denoiser_params_m"] = sum(p.numel() for p in policy.denoiser.parameters()) / 1e6
             figures["baseline_params_m"] = sum(p.numel() for p in baseline.denoiser.parameters()) / 1e6
             figures["speedup"] = figures["ddim10_ms"] / figures["onestep_ms"]
+            figures["speedup_mlp"] = figures["ddim10_ms"] / figures["onestep_mlp_ms"]
+            figures["mlp_student_params_m"] = sum(p.numel() for p in mlp_student.denoiser.parameters()) / 1e6
     finally:
         torch.set_num_threads(threads)
     f = figures
     print_table("robo bench latency (batch 1, one CPU thread, ms per action chunk: p50 / p99)", [
         ("DDPM 100 steps, low-dim", f"{f['ddpm100_ms']:.2f} / {f['ddpm100_p99_ms']:.2f}", "diffusers DDPMScheduler"),
         ("DDIM 10 steps, low-dim", f"{f['ddim10_ms']:.2f} / {f['ddim10_p99_ms']:.2f}", ""),
-        ("one-step student, low-dim", f"{f['onestep_ms']:.2f} / {f['onestep_p99_ms']:.2f}", f"{f['speedup']:.1f}x faster than DDIM 10"),
+        ("one-step student (UNet), low-dim", f"{f['onestep_ms']:.2f} / {f['onestep_p99_ms']:.2f}", f"{f['speedup']:.1f}x faster than DDIM 10"),
+        ("one-step student (MLP), low-dim", f"{f['onestep_mlp_ms']:.2f} / {f['onestep_mlp_p99_ms']:.2f}",
+         f"{f['speedup_mlp']:.1f}x faster than DDIM 10; preset distill_mlp, {f['mlp_student_params_m']:.2f}M params"),
         ("DDIM 10 steps, 2 cameras 84x84", f"{f['ddim10_rgb_ms']:.2f} / {f['ddim10_rgb_p99_ms']:.2f}", "encoder runs once per chunk"),
         ("one-step student, 2 cameras", f"{f['onestep_rgb_ms']:.2f} / {f['onestep_rgb_p99_ms']:.2f}", ""),
         ("denoiser call (ours)", f"{f['denoiser_call_ms']:.3f}", f"{f['denoiser_params_m']:.2f}M params, {f['denoiser_mflops']:.1f} MFLOP"),
