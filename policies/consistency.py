@@ -46,7 +46,8 @@ class ConsistencyPolicyConfig:
     loss: str = "l2"  # "l2" or "pseudo_huber": sqrt(|d|^2 + c^2) - c per sample, c = 0.00054 sqrt(dims)
     level_sampling: str = "uniform"  # which adjacent level pair to train: "uniform" or "lognormal" (mean -1.1, std 2)
     weighted: bool = False  # weight each pair by 1 / (sigma_{n+1} - sigma_n) (iCT's lambda)
-    curriculum_steps: int = 0  # > 0: N doubles from num_scales_start up to num_scales over these optimiser steps
+    curriculum_steps: int = 0  # > 0: N doubles from num_scales_start up to num_scales over these optimiser steps;
+    #   -1: over the whole training run (robo train writes the run's --steps here before the policy is built)
     num_scales_start: int = 10  # first N of the curriculum
     # --- distilled mode: the teacher's diffusion schedule, copied so loading needs no teacher ---
     num_train_timesteps: int = 100  # teacher's DDPM steps
@@ -71,6 +72,9 @@ class ConsistencyPolicy(PolicyBase):
         self.encoder = ObservationEncoder(spec, config.encoder)
         self.denoiser = make_denoiser(spec.action_dim, spec.horizon, self.encoder.feature_dim, config.denoiser)
         self._teacher: tuple[Any, ...] = ()  # a tuple keeps the teacher out of state_dict / parameters()
+        if config.curriculum_steps < 0:
+            raise ValueError("curriculum_steps -1 stands for the training run's length: robo train fills it in; "
+                             "anywhere else give the number of steps")
         if config.mode == "ct":
             for name, value, allowed in (("loss", config.loss, ("l2", "pseudo_huber")),
                                          ("level_sampling", config.level_sampling, ("uniform", "lognormal"))):

@@ -223,7 +223,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
         policy = ConsistencyPolicy.from_teacher(teacher, config.policy_config).to(device)
     else:
-        policy = make_policy(config.policy, spec, train_sampler.fit_normalizer(), config.policy_config or None).to(device)
+        policy_config = dict(config.policy_config)
+        if policy_config.get("curriculum_steps") == -1:  # "the whole run": fixed now, saved with the weights
+            policy_config["curriculum_steps"] = config.steps
+        policy = make_policy(config.policy, spec, train_sampler.fit_normalizer(), policy_config or None).to(device)
     if teacher is not None:
         teacher.requires_grad_(False)
     ddp.broadcast_policy(policy)

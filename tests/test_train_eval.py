@@ -223,3 +223,39 @@ def test_wilson_interval():
     assert wilson_interval(50, 50)[0] > 0.92 and wilson_interval(50, 50)[1] == 1.0
     lo, hi = wilson_interval(45, 50)
     assert 0.78 < lo < 0.80 and 0.95 < hi < 0.97
+
+
+def test_ict_curriculum_spans_the_run_it_is_trained_in(tmp_path, lift_demos):
+    """The iCT presets' curriculum_steps -1 means the run's --steps, fixed in the saved config (so a resumed or
+    longer run keeps the curriculum it started with)."""
+    from policies.checkpoint import read_config
+
+    config = build_config("lowdim_consistency_ict", {"dataset": lift_demos, "output_dir": tmp_path / "ict",
+                                                     "steps": 6, "batch_size": 8, "val_every": 6, "val_ratio": 0.25,
+                                                     "eval_episodes": 0, "progress": False})
+    config.policy_config = {**config.policy_config, **TINY}
+    assert config.policy_config["curriculum_steps"] == -1
+    train(config)
+    assert read_config(tmp_path / "ict" / "best")["policy_config"]["curriculum_steps"] == 6
+
+
+def test_distil_into_a_student_with_its_own_network(tmp_path, lift_demos):
+    """Preset distill_mlp: the student keeps the teacher's (frozen) encoder and gets a fresh MLP denoiser."""
+    from policies.checkpoint import load_checkpoint
+    from policies.denoisers import MLPDenoiser
+
+    common = {"dataset": lift_demos, "obs_keys": LOWDIM, "steps": 4, "batch_size": 8, "val_every": 4,
+              "val_ratio": 0.25, "eval_episodes": 0, "progress": False}
+    teacher_cfg = build_config("lowdim_diffusion", {**common, "output_dir": tmp_path / "teacher"})
+    teacher_cfg.policy_config = {**teacher_cfg.policy_config, **TINY}
+    train(teacher_cfg)
+    student_cfg = build_config("distill_mlp", {**common, "output_dir": tmp_path / "student",
+                                              "teacher": tmp_path / "teacher" / "best"})
+    student_cfg.policy_config = {"denoiser": {"kind": "mlp", "mlp_hidden": 32, "mlp_layers": 2}}
+    train(student_cfg)
+    teacher, student = load_checkpoint(tmp_path / "teacher" / "best"), load_checkpoint(tmp_path / "student" / "best")
+    assert isinstance(student.denoiser, MLPDenoiser) and student.config.mode == "distilled"
+    for a, b in zip(student.encoder.state_dict().values(), teacher.encoder.state_dict().values()):
+        assert torch.equal(a, b)
+    obs = {k: np.zeros((1, 2, *student.spec.obs_keys[k][0]), dtype=student.spec.obs_keys[k][1]) for k in LOWDIM}
+    assert student.predict(obs).shape == (1, 16, 7)
