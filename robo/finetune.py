@@ -59,9 +59,9 @@ class FinetuneConfig:
     critic_lr: float = 1e-3  # value net learning rate
     max_grad_norm: float = 1.0  # gradient-norm clip
     bc_coef: float = 0.0  # weight of a behaviour-cloning anchor: the policy's training loss on its dataset
-    #   in every PPO minibatch (DPPO's bc_loss_coeff). With few episodes per iteration the advantages are mostly noise, and the
-    #   chain follows it: under pure-noise advantages the shipped (deterministic) chunk drifted 0.13-0.29 (RMS,
-    #   normalised actions) in 5 iterations on Lift, 0.05 with bc_coef 1 (docs/online_rl.md). Not for --method noise.
+    #   in every PPO minibatch (DPPO's bc_loss_coeff). With few episodes per iteration the advantages are mostly
+    #   noise and the chain follows it: on pure-noise advantages the shipped chunk of a Lift policy drifted 0.28
+    #   (RMS, normalised actions) in 10 iterations, 0.05 with bc_coef 1 (docs/online_rl.md). Not for --method noise.
     value_warmup_iters: int = 2  # first iterations fit only the value net, to Monte-Carlo returns
     value_init: Path | None = None  # safetensors of a ValueNet to start from (e.g. an earlier run's value.safetensors)
     value_from_critic: Path | None = None  # an offline IQL critic (robo improve's <out>/critic): its V becomes the
@@ -420,8 +420,6 @@ def student_gate(teacher_ckpt: Path, student_ckpt: Path, config: FinetuneConfig,
 
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
     """All stages; writes ``report.json`` under ``output_dir`` and returns it."""
-    from policies.checkpoint import read_config
-
     out = Path(config.output_dir)
     ppo = train_online(config)
     report: dict[str, Any] = {"ppo": {k: v for k, v in ppo.items() if k != "history"}}
