@@ -102,7 +102,9 @@ class ConsistencyPolicy(PolicyBase):
 
         ``overrides``: student config fields (a preset's ``policy:`` section). A ``denoiser`` other than the
         teacher's (e.g. an MLP, fewer network ops per call than the teacher's UNet) starts from random weights and
-        needs a longer distillation; the fields that tie the student to the teacher's schedule cannot be changed.
+        needs a longer distillation; such a network may also choose its output (``prediction_type: sample``
+        predicts the chunk itself, where epsilon's errors are amplified 1/sqrt(alpha_bar), ~7x at the first DDIM
+        step). The fields that tie the student to the teacher's schedule cannot be changed.
         Pass the teacher with the weights it is evaluated with (EMA weights: ``load_checkpoint(use_ema=True)``).
         """
         from policies.registry import config_from_dict, config_to_dict
@@ -114,8 +116,11 @@ class ConsistencyPolicy(PolicyBase):
             prediction_type=tc.prediction_type, teacher_steps=tc.num_inference_steps,
             ema=tc.ema, ema_decay=tc.ema_decay, ema_power=tc.ema_power)
         overrides = dict(overrides or {})
-        fixed = sorted(set(overrides) & {"mode", "encoder", "num_train_timesteps", "beta_schedule",
-                                         "prediction_type", "teacher_steps"})
+        fixed = {"mode", "encoder", "num_train_timesteps", "beta_schedule", "teacher_steps"}
+        own_network = "denoiser" in overrides and overrides["denoiser"] != config_to_dict(config)["denoiser"]
+        if not own_network:  # a copied network keeps the output its weights were trained for
+            fixed.add("prediction_type")
+        fixed = sorted(set(overrides) & fixed)
         if fixed:
             raise ValueError(f"a distilled student takes {', '.join(fixed)} from its teacher; remove "
                              f"{'them' if len(fixed) > 1 else 'it'} from the student's policy config")
