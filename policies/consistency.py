@@ -115,20 +115,19 @@ class ConsistencyPolicy(PolicyBase):
             num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule,
             prediction_type=tc.prediction_type, teacher_steps=tc.num_inference_steps,
             ema=tc.ema, ema_decay=tc.ema_decay, ema_power=tc.ema_power)
-        overrides = dict(overrides or {})
+        if overrides:
+            config = config_from_dict(ConsistencyPolicyConfig, {**config_to_dict(config), **overrides})
+        own_network = config.denoiser != tc.denoiser
         fixed = {"mode", "encoder", "num_train_timesteps", "beta_schedule", "teacher_steps"}
-        own_network = "denoiser" in overrides and overrides["denoiser"] != config_to_dict(config)["denoiser"]
         if not own_network:  # a copied network keeps the output its weights were trained for
             fixed.add("prediction_type")
-        fixed = sorted(set(overrides) & fixed)
+        fixed = sorted(set(overrides or {}) & fixed)
         if fixed:
             raise ValueError(f"a distilled student takes {', '.join(fixed)} from its teacher; remove "
                              f"{'them' if len(fixed) > 1 else 'it'} from the student's policy config")
-        if overrides:
-            config = config_from_dict(ConsistencyPolicyConfig, {**config_to_dict(config), **overrides})
         student = cls(teacher.spec, teacher.normalizer, config).to(teacher.device)
         student.encoder.load_state_dict(teacher.encoder.state_dict())
-        if config.denoiser == tc.denoiser:
+        if not own_network:
             student.denoiser.load_state_dict(teacher.denoiser.state_dict())
         student.init_ema()  # the EMA must start from the copied weights, not the random ones
         student.attach_teacher(teacher)
