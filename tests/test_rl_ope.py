@@ -65,3 +65,24 @@ def test_bench_metrics():
     assert acc == 1.0 and pairs == 12
     acc, _ = gate_accuracy(-truth, truth, delta=0.0, margin=0.05)
     assert acc == 0.0
+
+
+def test_bench_reuses_a_true_success_only_for_the_same_policy_and_protocol(tmp_path, monkeypatch):
+    """The bench's simulation is its cost: a matching record is reused, anything else is simulated again."""
+    import robo.evaluate
+    from robo.bench.ope import NoisyPolicy, OPEBenchConfig, true_success
+
+    simulated = []
+
+    def fake_evaluate(policy, config):  # stands in for the simulator: counts calls, returns a known rate
+        simulated.append(config.episodes)
+        return {"success_rate": 0.25}
+
+    monkeypatch.setattr(robo.evaluate, "evaluate_policy", fake_evaluate)
+    policy = NoisyPolicy(PushPolicy(0.5), 0.3, "push+noise0.3")
+    key = {"weights_sha256": "abc", "noise": 0.3, "episodes": 4, "seed": 10000, "task": "Toy"}
+    cfg = OPEBenchConfig(episodes=4, progress=False)
+    assert true_success(policy, key, "Toy", cfg, tmp_path) == 0.25 and simulated == [4]
+    assert true_success(policy, key, "Toy", cfg, tmp_path) == 0.25 and simulated == [4]  # reused
+    assert true_success(policy, {**key, "weights_sha256": "retrained"}, "Toy", cfg, tmp_path) == 0.25
+    assert simulated == [4, 4]  # other weights: simulated again
