@@ -86,3 +86,15 @@ def test_bench_reuses_a_true_success_only_for_the_same_policy_and_protocol(tmp_p
     assert true_success(policy, key, "Toy", cfg, tmp_path) == 0.25 and simulated == [4]  # reused
     assert true_success(policy, {**key, "weights_sha256": "retrained"}, "Toy", cfg, tmp_path) == 0.25
     assert simulated == [4, 4]  # other weights: simulated again
+
+
+def test_bench_checkpoint_entries_may_carry_their_own_noise_levels():
+    from pathlib import Path
+
+    from robo.bench.ope import parse_checkpoint_entry
+
+    assert parse_checkpoint_entry("runs/a/best", (0.0, 0.3)) == (Path("runs/a/best"), (0.0, 0.3))
+    assert parse_checkpoint_entry("runs/a/best@0,0.1,0.2", (0.0, 0.3)) == (Path("runs/a/best"), (0.0, 0.1, 0.2))
+    for bad in ("runs/a/best@", "runs/a/best@x", "runs/a/best@-0.1"):
+        with pytest.raises(ValueError, match="PATH@N1,N2|noise levels >= 0"):
+            parse_checkpoint_entry(bad, (0.0,))

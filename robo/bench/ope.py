@@ -25,7 +25,7 @@ from robo.bench.common import print_json_line, print_table
 @dataclass
 class OPEBenchConfig:
     dataset: Path = Path("data/demos/lift_noisy.zarr")  # data with failures for the critic, dynamics and FQE
-    checkpoints: tuple[Path, ...] = ()  # policies (e.g. BC at several training lengths, improved ones)
+    checkpoints: tuple[Path, ...] = ()  # policies (BC at several lengths, improved ones); PATH@0,0.1 = these noises
     noise_levels: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0)  # action noise std added to each checkpoint's chunks
     episodes: int = 100  # simulated test episodes per policy (true success)
     num_envs: int = 2  # parallel sim envs for the true success
@@ -38,7 +38,7 @@ class OPEBenchConfig:
     amq_horizon: int = 10  # AM-Q rollout chunks
     amq_starts: int = 128  # AM-Q start states
     seed: int = 0  # fits and the common OPE seed
-    output_dir: Path = Path("data/bench/ope")  # results.json, scatter.png, per-policy eval folders
+    output_dir: Path = Path("data/bench/ope")  # results.json, scatter.png, truth_<weights>_noise<n>/ per policy
     progress: bool = True  # progress bars
 
 
@@ -111,16 +111,19 @@ def run_ope_bench(config: OPEBenchConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bases = [load_checkpoint(c) for c in config.checkpoints]
-    task = read_config(config.checkpoints[0]).get("extra", {}).get("task", "")
+    entries = [parse_checkpoint_entry(c, config.noise_levels) for c in config.checkpoints]
+    bases = [load_checkpoint(path) for path, _ in entries]
+    task = read_config(entries[0][0]).get("extra", {}).get("task", "")
     chunk = bases[0].spec.n_action_steps
     if any(b.spec.n_action_steps != chunk for b in bases):
         raise ValueError("all checkpoints must execute the same number of actions per chunk (the critic's chunk)")
-    policies = [NoisyPolicy(b, n, f"{Path(c).parent.name}/{Path(c).name}+noise{n:g}")
-                for b, c in zip(bases, config.checkpoints) for n in config.noise_levels]
-    truth_keys = [{"weights_sha256": read_config(c).get("weights_sha256") or str(Path(c).resolve()), "noise": n,
-                   "episodes": config.episodes, "seed": EvalConfig.seed, "task": task}
-                  for c in config.checkpoints for n in config.noise_levels]
+    policies, truth_keys = [], []
+    for base, (path, noises) in zip(bases, entries):
+        weights = read_config(path).get("weights_sha256") or str(path.resolve())
+        for n in noises:
+            policies.append(NoisyPolicy(base, n, f"{path.parent.name}/{path.name}+noise{n:g}"))
+            truth_keys.append({"weights_sha256": weights, "noise": n, "episodes": config.episodes,
+                               "seed": EvalConfig.seed, "task": task})
     data = load_offline_data(config.dataset, TransitionConfig(chunk=chunk))
     icfg = ImproveConfig(critic_steps=config.critic_steps, dynamics_steps=config.dynamics_steps,
                          fqe_steps=config.fqe_steps, amq_horizon=config.amq_horizon, amq_starts=config.amq_starts,
@@ -135,9 +138,9 @@ def run_ope_bench(config: OPEBenchConfig) -> dict[str, Any]:
     amq = make_estimator("amq", data, critic, icfg, chunk)
     fqe = make_estimator("fqe", data, critic, icfg, chunk)
     rows = []
-    for i, (p, key) in enumerate(zip(policies, truth_keys)):
+    for p, key in zip(policies, truth_keys):
         a, f = amq.estimate(p, config.seed + 1), fqe.estimate(p, config.seed + 1)
-        success = true_success(p, key, task, config, out / f"eval_{i:02d}")
+        success = true_success(p, key, task, config, out / f"truth_{key['weights_sha256'][-12:]}_noise{key['noise']:g}")
         rows.append({"policy": p.name, "amq": a.value, "amq_spread": a.spread, "fqe": f.value,
                      "fqe_spread": f.spread, "true_success": success})
     truth = np.array([r["true_success"] for r in rows])
@@ -160,6 +163,22 @@ def run_ope_bench(config: OPEBenchConfig) -> dict[str, Any]:
     print_table(f"OPE vs truth on {task} ({len(rows)} policies x {config.episodes} episodes)", table)
     print_json_line(figures)
     return figures
+
+
+def parse_checkpoint_entry(entry: Path | str, default_noise: tuple[float, ...]) -> tuple[Path, tuple[float, ...]]:
+    """``PATH`` (scored at every ``--noise-levels``) or ``PATH@N1,N2`` (at these noise levels only): a good policy
+    needs small noise steps to give graded truths, a poor one needs none."""
+    text = str(entry)
+    if "@" not in text:
+        return Path(text), tuple(default_noise)
+    path, _, levels = text.rpartition("@")
+    try:
+        noises = tuple(float(x) for x in levels.split(",") if x)
+    except ValueError:
+        raise ValueError(f"'{text}': write PATH@N1,N2 with numeric noise levels, e.g. {path}@0,0.1,0.2") from None
+    if not noises or any(n < 0 for n in noises):
+        raise ValueError(f"'{text}': give one or more noise levels >= 0 after '@', e.g. {path}@0,0.1")
+    return Path(path), noises
 
 
 def true_success(policy: NoisyPolicy, key: dict[str, Any], task: str, config: OPEBenchConfig, folder: Path) -> float:
