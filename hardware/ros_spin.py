@@ -35,8 +35,8 @@ def run_node(build: Callable[[], Any], argv: list[str] | None = None,
         pass
     except SystemError as err:
         # Ctrl-C landing inside compiled code that does not check for it (numba's robosuite controller in the sim
-        # mock): CPython reports "returned a result with an exception set", caused by the KeyboardInterrupt.
-        if not isinstance(err.__cause__, KeyboardInterrupt):
+        # mock): CPython reports "returned a result with an exception set", chained to the KeyboardInterrupt.
+        if not caused_by_interrupt(err):
             raise
     except RuntimeError:
         if rclpy.ok():  # a publish racing the SIGINT shutdown is not an error; anything else is
@@ -47,6 +47,23 @@ def run_node(build: Callable[[], Any], argv: list[str] | None = None,
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def caused_by_interrupt(err: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is anywhere in ``err``'s chain (raised from it, or while handling it): the
+    interrupt can reach compiled code through a Python helper it calls back into (numba unpickling an object), and
+    then arrives as the context of the SystemError rather than its direct cause."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        stack += [e.__cause__, e.__context__]
+    return False
 
 
 def pin_process(cpus: list[int] | tuple[int, ...]) -> list[int]:

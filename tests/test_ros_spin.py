@@ -74,3 +74,25 @@ def test_ctrl_c_inside_compiled_code_stops_the_node_cleanly_and_real_errors_stil
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-800:]
     else:
         assert done.returncode != 0 and "a real bug" in done.stderr
+
+
+def test_an_interrupt_inside_compiled_code_is_recognised_through_the_exception_chain():
+    """Ctrl-C arriving in a Python helper that compiled code calls back into surfaces as a SystemError whose cause
+    or context is the KeyboardInterrupt: both are a stop. A SystemError of its own is not."""
+    from hardware.ros_spin import caused_by_interrupt
+
+    def system_error_after(first: BaseException, direct: bool) -> SystemError:
+        try:
+            try:
+                raise first
+            except BaseException as inner:
+                if direct:
+                    raise SystemError("returned a result with an exception set") from inner
+                raise SystemError("returned a result with an exception set")
+        except SystemError as err:
+            return err
+
+    assert caused_by_interrupt(system_error_after(KeyboardInterrupt(), direct=True))
+    assert caused_by_interrupt(system_error_after(KeyboardInterrupt(), direct=False))
+    assert not caused_by_interrupt(system_error_after(ValueError("bad"), direct=True))
+    assert not caused_by_interrupt(SystemError("a real bug"))
