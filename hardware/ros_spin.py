@@ -50,9 +50,9 @@ def run_node(build: Callable[[], Any], argv: list[str] | None = None,
 
 
 def caused_by_interrupt(err: BaseException) -> bool:
-    """Whether a KeyboardInterrupt is anywhere in ``err``'s chain (raised from it, or while handling it): the
-    interrupt can reach compiled code through a Python helper it calls back into (numba unpickling an object), and
-    then arrives as the context of the SystemError rather than its direct cause."""
+    """Whether a KeyboardInterrupt is anywhere in ``err``'s chain (raised from it, or while handling it). The
+    interrupt can reach compiled code through a Python helper it calls back into (numba's ``_numba_unpickle`` was
+    the frame in the one traceback seen, under load); a check of the direct cause alone let that one through."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [err]
     while stack:

@@ -80,12 +80,14 @@ def test_bench_reuses_a_true_success_only_for_the_same_policy_and_protocol(tmp_p
 
     monkeypatch.setattr(robo.evaluate, "evaluate_policy", fake_evaluate)
     policy = NoisyPolicy(PushPolicy(0.5), 0.3, "push+noise0.3")
-    key = {"weights_sha256": "abc", "noise": 0.3, "episodes": 4, "seed": 10000, "task": "Toy"}
-    cfg = OPEBenchConfig(episodes=4, progress=False)
-    assert true_success(policy, key, "Toy", cfg, tmp_path) == 0.25 and simulated == [4]
-    assert true_success(policy, key, "Toy", cfg, tmp_path) == 0.25 and simulated == [4]  # reused
-    assert true_success(policy, {**key, "weights_sha256": "retrained"}, "Toy", cfg, tmp_path) == 0.25
-    assert simulated == [4, 4]  # other weights: simulated again
+    cfg = OPEBenchConfig(episodes=4, progress=False, output_dir=tmp_path)
+    assert true_success(policy, "abc", "Toy", cfg) == 0.25 and simulated == [4]
+    assert true_success(policy, "abc", "Toy", cfg) == 0.25 and simulated == [4]  # reused
+    assert true_success(policy, "retrained", "Toy", cfg) == 0.25 and simulated == [4, 4]  # other weights
+    assert true_success(NoisyPolicy(policy.base, 0.1, "push+noise0.1"), "abc", "Toy", cfg) == 0.25
+    assert simulated == [4, 4, 4]  # other noise
+    more = OPEBenchConfig(episodes=8, progress=False, output_dir=tmp_path)
+    assert true_success(policy, "abc", "Toy", more) == 0.25 and simulated == [4, 4, 4, 8]  # other protocol
 
 
 def test_bench_checkpoint_entries_may_carry_their_own_noise_levels():

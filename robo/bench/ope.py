@@ -11,6 +11,7 @@ ranking's expected accuracy (0.5) as the baseline. A PNG scatter of estimate vs 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,6 @@ def gate_accuracy(estimate: np.ndarray, truth: np.ndarray, delta: float, margin:
 
 def run_ope_bench(config: OPEBenchConfig) -> dict[str, Any]:
     from policies.checkpoint import load_checkpoint, read_config
-    from robo.evaluate import EvalConfig
     from robo.rl.critic import IQLCritic
     from robo.rl.improve import ImproveConfig, fit_critic, make_estimator
     from robo.rl.transitions import TransitionConfig, load_offline_data
@@ -117,13 +117,11 @@ def run_ope_bench(config: OPEBenchConfig) -> dict[str, Any]:
     chunk = bases[0].spec.n_action_steps
     if any(b.spec.n_action_steps != chunk for b in bases):
         raise ValueError("all checkpoints must execute the same number of actions per chunk (the critic's chunk)")
-    policies, truth_keys = [], []
+    policies, weights = [], []
     for base, (path, noises) in zip(bases, entries):
-        weights = read_config(path).get("weights_sha256") or str(path.resolve())
         for n in noises:
             policies.append(NoisyPolicy(base, n, f"{path.parent.name}/{path.name}+noise{n:g}"))
-            truth_keys.append({"weights_sha256": weights, "noise": n, "episodes": config.episodes,
-                               "seed": EvalConfig.seed, "task": task})
+            weights.append(weights_hash(path))
     data = load_offline_data(config.dataset, TransitionConfig(chunk=chunk))
     icfg = ImproveConfig(critic_steps=config.critic_steps, dynamics_steps=config.dynamics_steps,
                          fqe_steps=config.fqe_steps, amq_horizon=config.amq_horizon, amq_starts=config.amq_starts,
@@ -138,9 +136,9 @@ def run_ope_bench(config: OPEBenchConfig) -> dict[str, Any]:
     amq = make_estimator("amq", data, critic, icfg, chunk)
     fqe = make_estimator("fqe", data, critic, icfg, chunk)
     rows = []
-    for p, key in zip(policies, truth_keys):
+    for p, w in zip(policies, weights):
         a, f = amq.estimate(p, config.seed + 1), fqe.estimate(p, config.seed + 1)
-        success = true_success(p, key, task, config, out / f"truth_{key['weights_sha256'][-12:]}_noise{key['noise']:g}")
+        success = true_success(p, w, task, config)
         rows.append({"policy": p.name, "amq": a.value, "amq_spread": a.spread, "fqe": f.value,
                      "fqe_spread": f.spread, "true_success": success})
     truth = np.array([r["true_success"] for r in rows])
@@ -181,20 +179,34 @@ def parse_checkpoint_entry(entry: Path | str, default_noise: tuple[float, ...]) 
     return Path(path), noises
 
 
-def true_success(policy: NoisyPolicy, key: dict[str, Any], task: str, config: OPEBenchConfig, folder: Path) -> float:
-    """Simulated success over the test seeds. The hours of simulation are the bench's cost, so a finished
-    evaluation is reused when its record (weights hash, noise, episodes, first seed, task) matches exactly: a
-    rerun with another critic or estimator setting re-simulates nothing, and a changed policy is never reused."""
+def weights_hash(checkpoint: Path) -> str:
+    """The checkpoint's recorded weights hash; hashed here for checkpoints saved before it was recorded."""
+    from policies.checkpoint import WEIGHTS_FILE, read_config
+
+    recorded = read_config(checkpoint).get("weights_sha256")
+    return recorded or hashlib.sha256((Path(checkpoint) / WEIGHTS_FILE).read_bytes()).hexdigest()
+
+
+def true_success(policy: NoisyPolicy, weights: str, task: str, config: OPEBenchConfig) -> float:
+    """Simulated success over the test seeds, in ``truth_<weights>_noise<n>/`` under the output folder. The
+    simulation is the bench's cost, so a finished evaluation is reused when its record (weights hash, noise, and the
+    evaluation's episodes, first seed and task) matches exactly: a rerun with another critic or estimator setting
+    re-simulates nothing, and a changed policy or protocol is never reused."""
     from robo.evaluate import EvalConfig, evaluate_policy
 
+    folder = Path(config.output_dir) / f"truth_{weights[-12:]}_noise{policy.noise:g}"
+    eval_config = EvalConfig(task=task, episodes=config.episodes, num_envs=config.num_envs, video_episodes=0,
+                             output_dir=folder, progress=config.progress)
+    key = {"weights_sha256": weights, "noise": policy.noise, "episodes": eval_config.episodes,
+           "seed": eval_config.seed, "task": task}
     record = folder / "truth.json"
     if record.exists():
         saved = json.loads(record.read_text())
         if saved.get("key") == key:
             print(f"{policy.name}: true success {saved['success_rate']:.2f} reused from {record}")
             return float(saved["success_rate"])
-    r = evaluate_policy(policy, EvalConfig(task=task, episodes=config.episodes, num_envs=config.num_envs,
-                                           video_episodes=0, output_dir=folder, progress=config.progress))
+    r = evaluate_policy(policy, eval_config)
+    folder.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"key": key, "policy": policy.name, "success_rate": r["success_rate"]}, indent=2))
     return float(r["success_rate"])
 
