@@ -96,3 +96,32 @@ def test_bad_inputs_get_one_line_and_nothing_is_written(setup, capsys):
     busy.mkdir()
     (busy / "keep.txt").write_text("x")
     assert "not empty" in _refused(capsys, ["--checkpoint", str(ckpt), "--dataset", str(ds)], busy)
+
+
+def test_bench_improve_gates_every_arm_on_the_chosen_estimator(setup, monkeypatch):
+    """The bench's arms (gated, ungated, Uni-O4) all trust the estimator it is given, and its figures are the
+    arms' measured successes. Simulation is replaced by a lookup on the arm's folder: the toy task has no sim."""
+    from robo.bench.improve import ImproveBenchConfig, run_improve_bench
+    from robo.rl import improve
+
+    tmp, ds, ckpt = setup
+    truth = {"eval_before": 0.4, "eval_after": 0.55, "eval": 0.45}
+    measured: list[str] = []
+
+    def fake_true(policy, task, config, out):
+        measured.append(f"{out.parent.name}/{out.name}")
+        return truth[out.name] - (0.1 if out.parent.name == "ungated" else 0.0)
+
+    monkeypatch.setattr(improve, "evaluate_true", fake_true)
+    out = tmp / "bench"
+    figures = run_improve_bench(ImproveBenchConfig(
+        checkpoint=ckpt, dataset=ds, episodes=100, rounds=2, gate_every=1, estimator="fqe", critic_steps=50,
+        dynamics_steps=30, fqe_steps=40, amq_horizon=2, amq_starts=8, unio4_members=2, unio4_bc_steps=5,
+        unio4_rounds=1, state_keys=("state",), output_dir=out, progress=False))
+    assert measured == ["gated/eval_before", "gated/eval_after", "ungated/eval_after", "unio4/eval"]
+    assert figures["estimator"] == "fqe"
+    assert (figures["success_bc"], figures["success_gated"], figures["success_ungated"],
+            figures["success_unio4"]) == pytest.approx((0.4, 0.55, 0.45, 0.45))
+    for arm in ("gated", "ungated"):
+        assert json.loads((out / arm / "improve_config.json").read_text())["estimator"] == "fqe"
+    assert json.loads((out / "results.json").read_text()) == pytest.approx(figures)

@@ -2,7 +2,7 @@
 
 From one behaviour-cloned checkpoint and one dataset (with failures), all on the same test seeds:
   bc        the starting policy
-  gated     ``robo improve`` (AM-Q gate): what ships is the last accepted policy
+  gated     ``robo improve`` (gate on AM-Q, or FQE with ``estimator``): what ships is the last accepted policy
   ungated   the same updates with the gate off (every update kept), reusing the gated run's critic
   unio4     the Uni-O4 ensemble (K Gaussian BC members with the diversity term, each improved under the gate;
             the best member by OPE ships)
@@ -16,7 +16,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from robo.bench.common import print_json_line, print_table
 
@@ -28,12 +28,15 @@ class ImproveBenchConfig:
     episodes: int = 100  # simulated test episodes per policy
     rounds: int = 20  # offline PPO rounds per improvement run
     gate_every: int = 2  # rounds between gate decisions
+    estimator: Literal["amq", "fqe"] = "amq"  # the OPE estimator every gate (gated run and Uni-O4) trusts
     lr: float = 1e-5  # policy learning rate
     sigma_min: float = 0.1  # RL std floor
     critic_steps: int = 5000  # IQL optimiser steps
     dynamics_steps: int = 3000  # dynamics ensemble optimiser steps
     amq_horizon: int = 10  # AM-Q rollout chunks
     amq_starts: int = 128  # AM-Q start states
+    fqe_steps: int = 2000  # FQE optimiser steps per estimate (with estimator fqe)
+    state_keys: tuple[str, ...] = ()  # low-dim keys of the critic/dynamics state; empty = the default low-dim keys
     unio4_members: int = 4  # Uni-O4 ensemble size (0 = skip the baseline)
     unio4_bc_steps: int = 2000  # Uni-O4 BC steps
     unio4_rounds: int = 10  # offline PPO rounds per Uni-O4 member
@@ -47,20 +50,22 @@ class ImproveBenchConfig:
 
 def run_improve_bench(config: ImproveBenchConfig) -> dict[str, Any]:
     from policies.checkpoint import load_checkpoint, read_config
-    from robo.rl.improve import ImproveConfig, evaluate_true, make_estimator, run_improve
+    from robo.rl.improve import ESTIMATOR_NAMES, ImproveConfig, evaluate_true, make_estimator, run_improve
     from robo.rl.transitions import TransitionConfig, load_offline_data
     from robo.rl.unio4 import UniO4Config, run_unio4, train_ensemble
 
     out = Path(config.output_dir)
     base = ImproveConfig(checkpoint=config.checkpoint, dataset=config.dataset, rounds=config.rounds,
-                         gate_every=config.gate_every, lr=config.lr, sigma_min=config.sigma_min,
+                         gate_every=config.gate_every, estimator=config.estimator, lr=config.lr,
+                         sigma_min=config.sigma_min,
                          critic_steps=config.critic_steps, dynamics_steps=config.dynamics_steps,
-                         amq_horizon=config.amq_horizon, amq_starts=config.amq_starts, eval_episodes=config.episodes,
+                         amq_horizon=config.amq_horizon, amq_starts=config.amq_starts,
+                         fqe_steps=config.fqe_steps, state_keys=config.state_keys, eval_episodes=config.episodes,
                          seed=config.seed, progress=config.progress, overwrite=True)
     gated = run_improve(dataclasses.replace(base, output_dir=out / "gated"))
     ungated = run_improve(dataclasses.replace(base, output_dir=out / "ungated", gated=False, eval_before=False,
                                               critic=out / "gated" / "critic"))
-    figures: dict[str, Any] = {"task": gated["task"], "episodes": config.episodes,
+    figures: dict[str, Any] = {"task": gated["task"], "episodes": config.episodes, "estimator": config.estimator,
                                "success_bc": gated["true_success"]["before"],
                                "success_gated": gated["true_success"]["after"],
                                "success_ungated": ungated["true_success"]["after"],
@@ -72,14 +77,16 @@ def run_improve_bench(config: ImproveBenchConfig) -> dict[str, Any]:
 
         bc = load_checkpoint(config.checkpoint)
         task = read_config(config.checkpoint).get("extra", {}).get("task", gated["task"])
-        data = load_offline_data(config.dataset, TransitionConfig(chunk=bc.spec.n_action_steps))
+        # the transitions the gated run's critic was fitted on (its fingerprint is checked on load)
+        data = load_offline_data(config.dataset, TransitionConfig(gamma=base.gamma, chunk=bc.spec.n_action_steps,
+                                                                  state_keys=base.state_keys))
         critic = IQLCritic.load(out / "gated" / "critic", data.fingerprint)
         ucfg = dataclasses.replace(base, rounds=config.unio4_rounds)
         members = train_ensemble(config.dataset, bc.spec, UniO4Config(members=config.unio4_members,
                                                                       bc_steps=config.unio4_bc_steps,
                                                                       seed=config.seed, progress=config.progress),
                                  task)
-        estimator = make_estimator("amq", data, critic, ucfg, bc.spec.n_action_steps)
+        estimator = make_estimator(config.estimator, data, critic, ucfg, bc.spec.n_action_steps)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "unio4" / "tb"))
@@ -107,7 +114,7 @@ def run_improve_bench(config: ImproveBenchConfig) -> dict[str, Any]:
     figures["gated_never_dropped_5pts"] = bool(figures["success_gated"] >= bc_s - 0.05)
     (out / "results.json").write_text(json.dumps(figures, indent=2))
     rows = [("BC (baseline)", f"{bc_s:.2f}", "starting policy"),
-            ("gated (AM-Q)", f"{figures['success_gated']:.2f}",
+            (f"gated ({ESTIMATOR_NAMES[config.estimator]})", f"{figures['success_gated']:.2f}",
              f"{figures['success_gated'] - bc_s:+.2f} vs BC; "
              f"{gated['accepted']} accepted / {gated['rejected']} rejected"),
             ("ungated", f"{figures['success_ungated']:.2f}", f"{figures['success_ungated'] - bc_s:+.2f} vs BC"),

@@ -75,7 +75,7 @@ class ImproveConfig:
     progress: bool = True  # progress bars
 
 
-_NAMES = {"amq": "AM-Q", "fqe": "FQE"}  # estimator names as the plots and docs spell them
+ESTIMATOR_NAMES = {"amq": "AM-Q", "fqe": "FQE"}  # estimator names as the plots and docs spell them
 
 
 class ImproveInputError(ValueError):
@@ -232,7 +232,7 @@ def run_improve(config: ImproveConfig) -> dict[str, Any]:
     if config.eval_episodes:
         true["after"] = evaluate_true(policy, task, config, out / "eval_after")
     writer.close()
-    plot_run(history, true, config.rounds, out / "improve.png", f"{task}: {_NAMES[config.estimator]} "
+    plot_run(history, true, config.rounds, out / "improve.png", f"{task}: {ESTIMATOR_NAMES[config.estimator]} "
              f"{'gated' if config.gated else 'ungated'}")
     summary = {"task": task, "ope_start": history[0]["ope"], "ope_accepted": gate.j_accepted,
                "ope_best": gate.j_best, "decisions": len(gate.decisions),
