@@ -125,3 +125,21 @@ def test_bench_improve_gates_every_arm_on_the_chosen_estimator(setup, monkeypatc
     for arm in ("gated", "ungated"):
         assert json.loads((out / arm / "improve_config.json").read_text())["estimator"] == "fqe"
     assert json.loads((out / "results.json").read_text()) == pytest.approx(figures)
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_flywheel_round_gate_keeps_the_shipped_policy_unless_the_candidate_is_better(setup, gated):
+    """A candidate no better than the shipped policy (here: the same weights) does not replace it; with the gate
+    off it does, and the record still says the gate would have refused."""
+    from robo.rl.flywheel import gate_round
+    from robo.rl.improve import ImproveConfig, run_improve
+
+    tmp, ds, ckpt = setup
+    cfg = ImproveConfig(checkpoint=ckpt, dataset=ds, output_dir=tmp / "imp", rounds=1, gate_every=1, batch_size=16,
+                        minibatch_size=8, epochs=1, critic_steps=50, dynamics_steps=30, amq_horizon=2, amq_starts=8,
+                        state_keys=("state",), gated=gated, progress=False)
+    run_improve(cfg)
+    verdict = gate_round(ckpt, ckpt, ds, tmp / "imp" / "critic", cfg)
+    assert verdict["j_candidate"] == verdict["j_shipped"] != 0.0  # common random numbers: same policy, same score
+    assert verdict["would_accept"] is False
+    assert verdict["accepted"] is (not gated)

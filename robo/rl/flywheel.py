@@ -6,7 +6,14 @@ Per round, under ``<output_dir>/round<k>/``:
   merged.zarr     previous data + rollouts: every episode, failures included (the critic needs them)
   bc.zarr         merged, success-filtered (``merge="success"``; self-collected failures dilute BC otherwise)
   bc/             the behaviour-cloned diffusion policy retrained from scratch on bc.zarr (or merged.zarr)
-  improve/        ``robo improve`` of that policy on merged.zarr: accepted/ is the round's result
+  improve/        ``robo improve`` of that policy on merged.zarr: accepted/ is the round's candidate
+  round.json      what happened, including the round gate's verdict
+
+The round's candidate is retrained from scratch, so the in-run gate (which compares it only with its own start)
+cannot say whether it beats the policy that entered the round. The round gate does: both are scored by the same
+estimator on the merged data, with the round's critic and the same OPE seed, and the candidate replaces the
+shipped policy only if it clears the gate's threshold (``gated=False`` accepts it regardless, logging what the gate
+said). A rejected round still keeps its data: the next round starts from the merged dataset and the shipped policy.
 
 Rollouts run through the same PolicyRunner as evaluation and the robot (history, chunk execution), with seeds
 from ``seed`` upwards, disjoint from the demonstration (0+) and test (10 000+) seeds by default.
@@ -93,10 +100,33 @@ def record_rollouts(policy: Any, ckpt_id: str, task: str, output: Path, episodes
     return {"episodes": episodes, "success_rate": float(np.mean(successes)) if successes else 0.0}
 
 
+def gate_round(shipped: Path, candidate: Path, merged: Path, critic: Path, improve_config: Any) -> dict[str, Any]:
+    """Score the shipped policy and the round's candidate with one estimator on the merged data; the verdict."""
+    from policies.checkpoint import load_checkpoint
+    from robo.rl.critic import IQLCritic
+    from robo.rl.gate import gate_threshold
+    from robo.rl.improve import make_estimator
+    from robo.rl.transitions import TransitionConfig, load_offline_data
+
+    old, new = load_checkpoint(shipped), load_checkpoint(candidate)
+    chunk = new.spec.n_action_steps
+    data = load_offline_data(merged, TransitionConfig(gamma=improve_config.gamma, chunk=chunk,
+                                                      state_keys=improve_config.state_keys))
+    estimator = make_estimator(improve_config.estimator, data, IQLCritic.load(critic, data.fingerprint),
+                               improve_config, chunk)
+    seed = improve_config.seed + 1  # common random numbers: the seed every in-run decision used
+    j_old, j_new = estimator.estimate(old, seed), estimator.estimate(new, seed)
+    threshold = gate_threshold(j_old.value, improve_config.delta)
+    would = j_new.value >= threshold
+    return {"j_shipped": j_old.value, "j_candidate": j_new.value, "spread_candidate": j_new.spread,
+            "threshold": threshold, "would_accept": would, "accepted": would or not improve_config.gated}
+
+
 def run_flywheel(start_checkpoint: Path, dataset: Path, improve_config: Any, config: FlywheelConfig,
                  output_dir: Path) -> list[dict[str, Any]]:
     """``config.rounds`` rounds from ``start_checkpoint`` (an accepted policy) and ``dataset``; returns per-round
-    records (rollout success, dataset sizes, the round's OPE summary and accepted checkpoint)."""
+    records (rollout success, dataset sizes, the round's OPE summary, the round gate's verdict and the checkpoint
+    that ships after the round: the candidate if accepted, else the one that entered the round)."""
     from policies.checkpoint import load_checkpoint, read_config
     from robo.data.tools import merge
     from robo.rl.improve import run_improve
@@ -124,12 +154,15 @@ def run_flywheel(start_checkpoint: Path, dataset: Path, improve_config: Any, con
         cfg = dataclasses.replace(improve_config, checkpoint=rd / "bc" / "best", dataset=merged,
                                   output_dir=rd / "improve", critic=None, flywheel_rounds=0)
         summary = run_improve(cfg)
+        candidate = rd / "improve" / "accepted"
+        verdict = gate_round(current, candidate, merged, rd / "improve" / "critic", cfg)
+        shipped = candidate if verdict["accepted"] else current
         record = {"round": k, "rollout_success": roll["success_rate"], "rollouts": roll["episodes"],
                   "bc_dataset": str(bc_data), "merged_dataset": str(merged), "ope_start": summary["ope_start"],
                   "ope_accepted": summary["ope_accepted"], "true_success": summary["true_success"],
-                  "accepted_checkpoint": str(rd / "improve" / "accepted"),
+                  "candidate_checkpoint": str(candidate), "round_gate": verdict, "shipped_checkpoint": str(shipped),
                   "seconds": time.perf_counter() - started}
         (rd / "round.json").write_text(json.dumps(record, indent=2))
         records.append(record)
-        current, data_path = rd / "improve" / "accepted", merged
+        current, data_path = shipped, merged
     return records

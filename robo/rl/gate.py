@@ -43,6 +43,11 @@ class Decision:
     best: bool  # the candidate is the best accepted so far
 
 
+def gate_threshold(j_old: float, delta: float) -> float:
+    """The OPE value a candidate must reach to replace a policy scored ``j_old``: J_old + delta * |J_old|."""
+    return j_old + delta * abs(j_old)
+
+
 class Gate:
     def __init__(self, policy: torch.nn.Module, optimizer: torch.optim.Optimizer | None, initial: OPEResult,
                  config: GateConfig, log_dir: str | Path, writer: Any = None,
@@ -71,7 +76,7 @@ class Gate:
         return self._weights
 
     def decide(self, step: int, result: OPEResult) -> Decision:
-        threshold = self.j_accepted + self.config.delta * abs(self.j_accepted)
+        threshold = gate_threshold(self.j_accepted, self.config.delta)
         would = result.value >= threshold
         accept = would or not self.config.enabled
         best = accept and result.value > self.j_best
