@@ -113,6 +113,14 @@ def test_bench_improve_gates_every_arm_on_the_chosen_estimator(setup, monkeypatc
         return truth[out.name] - (0.1 if out.parent.name == "ungated" else 0.0)
 
     monkeypatch.setattr(improve, "evaluate_true", fake_true)
+    built: list[str] = []
+    real_make = improve.make_estimator
+
+    def recording_make(name, *args, **kwargs):
+        built.append(name)
+        return real_make(name, *args, **kwargs)
+
+    monkeypatch.setattr(improve, "make_estimator", recording_make)
     out = tmp / "bench"
     figures = run_improve_bench(ImproveBenchConfig(
         checkpoint=ckpt, dataset=ds, episodes=100, rounds=2, gate_every=1, estimator="fqe", critic_steps=50,
@@ -120,6 +128,7 @@ def test_bench_improve_gates_every_arm_on_the_chosen_estimator(setup, monkeypatc
         unio4_rounds=1, state_keys=("state",), output_dir=out, progress=False))
     assert measured == ["gated/eval_before", "gated/eval_after", "ungated/eval_after", "unio4/eval"]
     assert figures["estimator"] == "fqe"
+    assert built == ["fqe"] * 3  # gated, ungated, Uni-O4
     assert (figures["success_bc"], figures["success_gated"], figures["success_ungated"],
             figures["success_unio4"]) == pytest.approx((0.4, 0.55, 0.45, 0.45))
     for arm in ("gated", "ungated"):

@@ -50,8 +50,8 @@ class ImproveBenchConfig:
 
 def run_improve_bench(config: ImproveBenchConfig) -> dict[str, Any]:
     from policies.checkpoint import load_checkpoint, read_config
-    from robo.rl.improve import ESTIMATOR_NAMES, ImproveConfig, evaluate_true, make_estimator, run_improve
-    from robo.rl.transitions import TransitionConfig, load_offline_data
+    from robo.rl.improve import (ESTIMATOR_NAMES, ImproveConfig, critic_transitions, evaluate_true, make_estimator,
+                                 run_improve)
     from robo.rl.unio4 import UniO4Config, run_unio4, train_ensemble
 
     out = Path(config.output_dir)
@@ -77,9 +77,7 @@ def run_improve_bench(config: ImproveBenchConfig) -> dict[str, Any]:
 
         bc = load_checkpoint(config.checkpoint)
         task = read_config(config.checkpoint).get("extra", {}).get("task", gated["task"])
-        # the transitions the gated run's critic was fitted on (its fingerprint is checked on load)
-        data = load_offline_data(config.dataset, TransitionConfig(gamma=base.gamma, chunk=bc.spec.n_action_steps,
-                                                                  state_keys=base.state_keys))
+        data = critic_transitions(base, config.dataset, bc.spec.n_action_steps)  # the gated run's critic's data
         critic = IQLCritic.load(out / "gated" / "critic", data.fingerprint)
         ucfg = dataclasses.replace(base, rounds=config.unio4_rounds)
         members = train_ensemble(config.dataset, bc.spec, UniO4Config(members=config.unio4_members,

@@ -105,13 +105,11 @@ def gate_round(shipped: Path, candidate: Path, merged: Path, critic: Path, impro
     from policies.checkpoint import load_checkpoint
     from robo.rl.critic import IQLCritic
     from robo.rl.gate import gate_threshold
-    from robo.rl.improve import make_estimator
-    from robo.rl.transitions import TransitionConfig, load_offline_data
+    from robo.rl.improve import critic_transitions, make_estimator
 
     old, new = load_checkpoint(shipped), load_checkpoint(candidate)
     chunk = new.spec.n_action_steps
-    data = load_offline_data(merged, TransitionConfig(gamma=improve_config.gamma, chunk=chunk,
-                                                      state_keys=improve_config.state_keys))
+    data = critic_transitions(improve_config, merged, chunk)
     estimator = make_estimator(improve_config.estimator, data, IQLCritic.load(critic, data.fingerprint),
                                improve_config, chunk)
     seed = improve_config.seed + 1  # common random numbers: the seed every in-run decision used

@@ -138,6 +138,11 @@ def make_estimator(name: str, data: OfflineData, critic: IQLCritic, config: Impr
                                             penalty=config.amq_penalty, seed=config.seed), chunk)
 
 
+def critic_transitions(config: ImproveConfig, dataset: Path, chunk: int) -> OfflineData:
+    """The chunk transitions a run with ``config`` fits its critic on; a saved critic only loads onto these."""
+    return load_offline_data(dataset, TransitionConfig(gamma=config.gamma, chunk=chunk, state_keys=config.state_keys))
+
+
 def advantage_fn(critic: IQLCritic, policy: Any, state_keys: tuple[str, ...]) -> Any:
     """A = min Q(s, executed chunk) - V(s) for the chunks the anchor policy sampled (batch-normalised in PPO)."""
     def fn(obs: dict, actions: torch.Tensor) -> torch.Tensor:
@@ -203,8 +208,7 @@ def run_improve(config: ImproveConfig) -> dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
 
     policy, extra = check_inputs(config)
-    data = load_offline_data(config.dataset, TransitionConfig(gamma=config.gamma, chunk=policy.spec.n_action_steps,
-                                                              state_keys=config.state_keys))
+    data = critic_transitions(config, Path(config.dataset), policy.spec.n_action_steps)
     obs_windows(data, np.zeros(1, np.int64), policy.spec.n_obs, list(policy.spec.obs_keys))  # image policies refused
     loaded_critic = IQLCritic.load(config.critic, data.fingerprint) if config.critic is not None else None
     out = Path(config.output_dir)
