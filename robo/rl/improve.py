@@ -236,7 +236,7 @@ def run_improve(config: ImproveConfig) -> dict[str, Any]:
     if config.eval_episodes:
         true["after"] = evaluate_true(policy, task, config, out / "eval_after")
     writer.close()
-    plot_run(history, true, config.rounds, out / "improve.png", f"{task}: {ESTIMATOR_NAMES[config.estimator]} "
+    plot_run(history, true, out / "improve.png", f"{task}: {ESTIMATOR_NAMES[config.estimator]} "
              f"{'gated' if config.gated else 'ungated'}")
     summary = {"task": task, "ope_start": history[0]["ope"], "ope_accepted": gate.j_accepted,
                "ope_best": gate.j_best, "decisions": len(gate.decisions),
@@ -253,7 +253,7 @@ def run_improve(config: ImproveConfig) -> dict[str, Any]:
     return summary
 
 
-def plot_run(history: list[dict[str, Any]], true: dict[str, float], rounds: int, path: Path, title: str) -> None:
+def plot_run(history: list[dict[str, Any]], true: dict[str, float], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,8 +274,10 @@ def plot_run(history: list[dict[str, Any]], true: dict[str, float], rounds: int,
     ax.set(xlabel="PPO round", ylabel="OPE estimate", title=title)
     if true:
         ax2 = ax.twinx()
-        xs = [0 if k == "before" else rounds for k in true]
-        ax2.plot(xs, list(true.values()), "D--", color="tab:blue", label="true success")
+        # "after" measures the weights that ship: the last accepted round's, which need not be the last round
+        shipped_round = max(h["round"] for h in history if h["accepted"])
+        xs = [0 if k == "before" else shipped_round for k in true]
+        ax2.plot(xs, list(true.values()), "D--", color="tab:blue", label="true success (shipped weights)")
         ax2.set(ylabel="true success (sim)", ylim=(0, 1.05))
         ax2.legend(loc="lower right")
     ax.legend(loc="upper left", fontsize=8)
