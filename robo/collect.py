@@ -257,8 +257,10 @@ def _make_env(config: CollectConfig) -> Any:
         return make_real_env(load_robot_config(config.robot_config or DEFAULT_ROBOT), config.ready_timeout_s)
     from sim.env import EnvConfig, SimEnv
 
+    # Seeding construction fixes what robosuite draws once per model (Lift's cube size, the first placement), so
+    # the same command records the same episodes in any process; unseeded, the cube differs by up to 2 mm per run.
     return SimEnv(EnvConfig(task=config.task, cameras=tuple(config.cameras), image_height=config.image_size,
-                            image_width=config.image_size, depth=config.depth))
+                            image_width=config.image_size, depth=config.depth), seed=config.seed)
 
 
 def make_source(config: CollectConfig, env: Any) -> ActionSource:

@@ -42,6 +42,16 @@ def test_scripted_lift_collection_records_whole_successful_episodes(tmp_path):
     assert ZarrDataset.open(path).n_episodes == 3 and more.saved == 1
 
 
+def test_the_same_noisy_collection_twice_records_the_same_episode(tmp_path):
+    """Seed S means the same demonstrations in any process: scene (cube size, placement) and expert noise."""
+    noisy = dict(episodes=1, seed=1100, action_noise_std=0.5, waypoint_jitter_m=0.04, hesitation_prob=0.4,
+                 progress=False)
+    episodes = [ZarrDataset.open(collect(CollectConfig(output=tmp_path / f"{run}.zarr", **noisy))[0]).episode(0)
+                for run in ("a", "b")]
+    for key in ("object_state", "joint_pos", "action"):
+        np.testing.assert_array_equal(episodes[0][key], episodes[1][key], err_msg=key)
+
+
 class KeyScript:
     """A teleop device wrapper that plays an operator's key presses into the real KeyboardTeleop, one tick at a time."""
 
