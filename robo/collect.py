@@ -66,7 +66,7 @@ class SourceStep:
 class ActionSource(Protocol):
     provenance: str  # EpisodeInfo.source for what this source records
 
-    def reset(self, obs: dict[str, np.ndarray]) -> None: ...
+    def reset(self, obs: dict[str, np.ndarray], episode_seed: int) -> None: ...
     def step(self, obs: dict[str, np.ndarray]) -> SourceStep: ...
     def close(self) -> None: ...
 
@@ -79,8 +79,10 @@ class ScriptedSource:
     def __init__(self, expert: Any):
         self.expert = expert
 
-    def reset(self, obs: dict[str, np.ndarray]) -> None:
-        self.expert.reset(obs)
+    def reset(self, obs: dict[str, np.ndarray], episode_seed: int) -> None:
+        # The expert's noise is drawn from (its seed, the episode seed): episode k is the same whether or not the
+        # episodes before it were recorded, so a shorter collection is a prefix of a longer one.
+        self.expert.reset(obs, episode_seed=episode_seed)
 
     def step(self, obs: dict[str, np.ndarray]) -> SourceStep:
         return SourceStep(np.asarray(self.expert.act(obs), dtype=np.float32))
@@ -100,7 +102,7 @@ class TeleopSource:
         self._recording = False
         device.start()
 
-    def reset(self, obs: dict[str, np.ndarray]) -> None:
+    def reset(self, obs: dict[str, np.ndarray], episode_seed: int) -> None:
         self._recording = self.autostart
 
     def step(self, obs: dict[str, np.ndarray]) -> SourceStep:
@@ -187,7 +189,7 @@ def record(env: Any, source: ActionSource, dataset: ZarrDataset, config: Collect
         while stats.saved < config.episodes and stats.attempts < max_attempts and not quit_requested:
             stats.attempts += 1
             obs, _ = env.reset(seed=seed)
-            source.reset(obs)
+            source.reset(obs, seed)
             writer = dataset.new_episode()
             rate = RateKeeper(fps, enabled=config.is_realtime and dataset.schema.fps > 0)
             outcome, success = "running", False
@@ -257,8 +259,6 @@ def _make_env(config: CollectConfig) -> Any:
         return make_real_env(load_robot_config(config.robot_config or DEFAULT_ROBOT), config.ready_timeout_s)
     from sim.env import EnvConfig, SimEnv
 
-    # Seeding construction fixes what robosuite draws once per model (Lift's cube size, the first placement), so
-    # the same command records the same episodes in any process; unseeded, the cube differs by up to 2 mm per run.
     return SimEnv(EnvConfig(task=config.task, cameras=tuple(config.cameras), image_height=config.image_size,
                             image_width=config.image_size, depth=config.depth), seed=config.seed)
 
@@ -268,9 +268,11 @@ def make_source(config: CollectConfig, env: Any) -> ActionSource:
     if config.source == "scripted":
         from sim.experts import ExpertConfig, make_expert
 
+        # The expert's own seed stays at its default: each episode's noise comes from its episode seed (see
+        # ScriptedSource.reset), not from where the collection started.
         return ScriptedSource(make_expert(env, ExpertConfig(action_noise_std=config.action_noise_std,
                                                             waypoint_jitter_m=config.waypoint_jitter_m,
-                                                            hesitation_prob=config.hesitation_prob, seed=config.seed)))
+                                                            hesitation_prob=config.hesitation_prob)))
     if config.source == "keyboard":
         from hardware.teleop import KeyboardTeleop
 

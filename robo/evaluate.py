@@ -103,7 +103,7 @@ def evaluate_policy(policy: Any, config: EvalConfig) -> dict[str, Any]:
     env_cfg = EnvConfig(task=task, cameras=cameras, image_height=config.image_size, image_width=config.image_size,
                         depth=depth, horizon=config.horizon or None)
     num_envs = max(1, min(config.num_envs, config.episodes))
-    venv = make_vector_env(env_cfg, num_envs, seeds=config.seed)  # construction is seeded too (sim.env)
+    venv = make_vector_env(env_cfg, num_envs, seeds=config.seed)
     try:
         obs_space = venv.single_observation_space
         check_against(policy, {k: (obs_space[k].shape, str(obs_space[k].dtype)) for k in obs_space.spaces},

@@ -55,6 +55,10 @@ class EnvConfig:
     """Also produce `<cam>_depth` (H, W, 1) uint16 millimetres for every camera."""
     reward_shaping: bool = False
     """False: sparse reward 1.0 on success. True: robosuite's dense shaped reward (scaled to max 1)."""
+    model_seed: int = 0
+    """Seed of what robosuite draws once, when it builds the model: Lift's cube size (40-44 mm), the first object
+    placement. Fixed, so that a scene is a function of the episode seed alone, in every process and every vector-env
+    worker; a different value is a (slightly) different task, as a different cube would be on the real table."""
 
     def resolved_horizon(self) -> int:
         return self.horizon if self.horizon is not None else DEFAULT_HORIZONS[self.task]
@@ -103,7 +107,8 @@ class SimEnv(gym.Env):
     metadata: dict[str, Any] = {"render_modes": []}
 
     def __init__(self, config: EnvConfig | None = None, seed: int | None = None) -> None:
-        """`seed` is used by the first reset() that is given no seed (lets vector envs seed their workers)."""
+        """`seed` is used by the first reset() that is given no seed (lets vector envs seed their workers). It does
+        not touch the model, which `config.model_seed` builds the same in every process."""
         super().__init__()
         self.config = config if config is not None else EnvConfig()
         self._pending_seed = seed
@@ -133,10 +138,11 @@ class SimEnv(gym.Env):
             hard_reset=False,
             reward_shaping=self.config.reward_shaping,
             reward_scale=1.0,
-            # The model is built with a first random placement, and a later reset does not erase every trace of
-            # it (the object settles from a slightly different state): seeding construction too makes a seeded
-            # env's episodes repeat across processes.
-            seed=seed,
+            # robosuite draws the cube's size and a first placement from this rng while building the model, and a
+            # soft reset keeps both (it re-seeds the placement only). Seeding the build with the episode seed made
+            # an episode depend on which process or worker ran it; one model seed for all makes it depend on the
+            # episode seed alone.
+            seed=self.config.model_seed,
         )
         self._steps = 0
         self._frame_renderers: dict[tuple[int, int], Any] = {}
@@ -206,6 +212,7 @@ class SimEnv(gym.Env):
             "image_size": [self.config.image_height, self.config.image_width],
             "depth": self.config.depth,
             "depth_units": "mm",
+            "model_seed": self.config.model_seed,
             "eef_quat_order": "xyzw",
             "action": ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"],
             "gripper": "-1 open, +1 close",

@@ -108,6 +108,27 @@ def test_seeded_rollout_is_reproducible(lift_env):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+def test_an_episode_depends_on_its_seed_alone_not_on_the_process_or_worker():
+    """The same episode seed is the same scene whichever worker seed built the env and whatever ran before it:
+    the cube robosuite sizes at build time is the model seed's, not the worker's."""
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(20, 7)).astype(np.float32)
+    fresh, used = SimEnv(EnvConfig(task="Lift"), seed=3), SimEnv(EnvConfig(task="Lift"), seed=99)
+    try:
+        used.reset()
+        for action in actions:
+            used.step(action)
+        a, _ = fresh.reset(seed=42)
+        b, _ = used.reset(seed=42)
+        for action in actions:
+            a, b = fresh.step(action)[0], used.step(action)[0]
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        assert fresh.robot_config()["model_seed"] == 0
+    finally:
+        fresh.close()
+        used.close()
+
+
 @pytest.mark.parametrize("bad", [np.zeros(6), np.zeros((1, 7)), np.array([0, 0, np.nan, 0, 0, 0, 0])])
 def test_bad_action_raises(lift_env, bad):
     lift_env.reset(seed=0)
