@@ -27,7 +27,7 @@ class ImproveBenchConfig:
     dataset: Path = Path("data/demos/lift_noisy.zarr")  # its dataset (with failures)
     episodes: int = 100  # simulated test episodes per policy
     rounds: int = 20  # offline PPO rounds per improvement run
-    gate_every: int = 2  # rounds between gate decisions
+    gate_every: int = 4  # rounds between gate decisions (robo improve's default; why there)
     estimator: Literal["amq", "fqe"] = "amq"  # the OPE estimator every gate (gated run and Uni-O4) trusts
     lr: float = 1e-5  # policy learning rate
     sigma_min: float = 0.1  # RL std floor

@@ -45,7 +45,10 @@ class ImproveConfig:
     estimator: Literal["amq", "fqe"] = "amq"  # the OPE estimator the gate trusts
     delta: float = 0.05  # gate: accept iff J_new - J_old >= delta * |J_old|
     rounds: int = 20  # offline PPO rounds (each samples fresh chains at batch_size dataset states)
-    gate_every: int = 2  # rounds between gate decisions
+    # rounds between gate decisions. 4, not 2: past the first gains a 2-round candidate is 1-3 % above the accepted
+    # policy, under delta, so the gate refused every later update; 4 rounds let it accumulate a gain the gate can
+    # see (Lift, same start: 0.46 -> 0.68 at 20 x 4 against 0.57 at 10 x 2; docs/offline_rl.md)
+    gate_every: int = 4
     batch_size: int = 256  # dataset states per round
     minibatch_size: int = 64  # states per PPO optimiser step
     epochs: int = 2  # passes over a round's chains
