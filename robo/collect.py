@@ -260,7 +260,7 @@ def _make_env(config: CollectConfig) -> Any:
     from sim.env import EnvConfig, SimEnv
 
     return SimEnv(EnvConfig(task=config.task, cameras=tuple(config.cameras), image_height=config.image_size,
-                            image_width=config.image_size, depth=config.depth), seed=config.seed)
+                            image_width=config.image_size, depth=config.depth))  # record() seeds every reset
 
 
 def make_source(config: CollectConfig, env: Any) -> ActionSource:

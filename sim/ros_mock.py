@@ -130,7 +130,7 @@ class SimMock(_node_base()):  # type: ignore[misc]
         self.config = cfg = MockConfig(**values)
         self.env = SimEnv(EnvConfig(task=cfg.task, cameras=tuple(cfg.cameras), image_height=cfg.image_size,
                                     image_width=cfg.image_size, depth=cfg.depth, control_freq=int(cfg.control_hz),
-                                    horizon=cfg.horizon or None), seed=cfg.seed)
+                                    horizon=cfg.horizon or None))
         self.episode, self.steps, self.results = 0, 0, []
         self._first_episode = 0  # episode that used `seed`; /sim/reset moves it to the episode it starts
         self.obs, _ = self.env.reset(seed=cfg.seed)
