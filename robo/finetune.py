@@ -62,6 +62,10 @@ class FinetuneConfig:
     #   in every PPO minibatch (DPPO's bc_loss_coeff). With few episodes per iteration the advantages are mostly
     #   noise and the chain follows it: on pure-noise advantages the shipped chunk of a Lift policy drifted 0.28
     #   (RMS, normalised actions) in 10 iterations, 0.05 with bc_coef 1 (docs/online_rl.md). Not for --method noise.
+    noise_prior_coef: float = 0.0  # noise-space PPO: weight of KL(steering || N(0, I)) per dimension, added to each
+    #   minibatch's loss to keep the chosen x_K where the frozen base was trained. Without it a Lift run's steering mean
+    #   drifted to |0.77| per dimension in 14 iterations (per-iteration approx-KL < 1e-3) and success fell 0.40 -> 0.00
+    #   on 30 validation episodes (docs/online_rl.md). Only for --method noise.
     value_warmup_iters: int = 2  # first iterations fit only the value net, to Monte-Carlo returns
     value_init: Path | None = None  # safetensors of a ValueNet to start from (e.g. an earlier run's value.safetensors)
     value_from_critic: Path | None = None  # an offline IQL critic (robo improve's <out>/critic): its V becomes the
@@ -131,7 +135,7 @@ def behaviour_cloning_loss(policy: Any, config: FinetuneConfig) -> Callable[[], 
                               SamplerConfig(obs_keys=list(spec.obs_keys), n_obs=spec.n_obs, horizon=spec.horizon))
     rng = np.random.default_rng(_seed_of(config.seed, 3))
 
-    def loss() -> torch.Tensor:
+    def loss(_obs: Any) -> torch.Tensor:
         return config.bc_coef * policy.compute_loss(sampler.sample(config.minibatch_size, rng))
 
     return loss
@@ -177,7 +181,7 @@ def train_online(config: FinetuneConfig, venv: Any = None,
     pass a toy vector env and no evaluator)."""
     from policies.checkpoint import load_checkpoint, read_config, save_checkpoint
     from robo.rl.noise_ppo import NoiseActor, save_noise_policy
-    from robo.rl.online import RolloutState, ValueNet, advantages_of, collect_rollout, ppo_update
+    from robo.rl.online import RolloutState, ValueNet, advantages_of, collect_rollout, flat_observations, ppo_update
     from robo.rl.ppo import PPOConfig
     from torch.utils.tensorboard import SummaryWriter
 
@@ -226,7 +230,11 @@ def train_online(config: FinetuneConfig, venv: Any = None,
         from safetensors.torch import load_file
 
         value.load_state_dict(load_file(str(config.value_init)))
-    bc_loss = behaviour_cloning_loss(policy, config) if config.bc_coef > 0 else None
+    aux_loss = behaviour_cloning_loss(policy, config) if config.bc_coef > 0 else None
+    if config.noise_prior_coef > 0:
+        if not noise:
+            raise ValueError("--noise-prior-coef anchors a noise-space policy; use --bc-coef for chain or Gaussian PPO")
+        aux_loss = lambda obs: config.noise_prior_coef * actor.prior_kl(obs)  # noqa: E731
     clip_eps = config.clip_eps or (0.01 if actor.num_logp_steps > 1 else 0.05)
     ppo_cfg = PPOConfig(clip_eps=clip_eps, target_kl=config.target_kl, max_grad_norm=config.max_grad_norm,
                         value_clip=config.value_clip, trainable_last_k=0)  # last-K' is handled inside ChainActor
@@ -289,7 +297,7 @@ def train_online(config: FinetuneConfig, venv: Any = None,
             progress = state["env_steps"] / config.env_steps
             stats = ppo_update(actor, value, rollout, adv, ret, v_old, optimizer, ppo_cfg, config.epochs,
                                config.minibatch_size, config.vf_coef, not warmup, progress,
-                               np.random.default_rng(_seed_of(config.seed, it, 2)), aux_loss=bc_loss)
+                               np.random.default_rng(_seed_of(config.seed, it, 2)), aux_loss=aux_loss)
             policy.eval()
             elapsed = time.perf_counter() - started
             train_time, train_steps = train_time + elapsed, train_steps + rollout.env_steps
@@ -302,6 +310,11 @@ def train_online(config: FinetuneConfig, venv: Any = None,
             h["train_success"].append(float(np.mean(wins)) if wins else float("nan"))
             h["steps_per_s"].append(sps)
             _log_iteration(writer, state["env_steps"], stats, sps, wins, warmup)
+            if noise:  # the drift PPO's per-iteration KL hides: how far the steering now is from the base's noise
+                with torch.no_grad():
+                    kl_base = float(actor.prior_kl(flat_observations(rollout.obs)))
+                h.setdefault("noise_kl_to_base", []).append(kl_base)
+                writer.add_scalar("noise/kl_to_base", kl_base, state["env_steps"])
             bar.update(rollout.env_steps)
             bar.set_postfix(kl=f"{stats.approx_kl:.4f}", ev=f"{stats.explained_variance:.2f}",
                             succ=f"{h['train_success'][-1]:.2f}", sps=f"{sps:.0f}")

@@ -18,7 +18,7 @@ from policies.consistency import ConsistencyPolicy
 from robo.finetune import FinetuneConfig, build_actor, gate_decision, train_online
 from robo.rl.noise_ppo import NoiseActor, load_noise_policy
 from robo.rl.online import (ChainActor, GaussianActor, RolloutState, ValueNet, advantages_of, collect_rollout,
-                            executed_mask, ppo_update)
+                            executed_mask, flat_observations, ppo_update)
 from robo.rl.ppo import PPOConfig
 from test_policies import ACT, build, make_batch
 
@@ -166,7 +166,7 @@ def test_bc_anchor_alone_moves_the_policy_towards_its_data(kind):
         opt = torch.optim.Adam([*actor.parameters(), *value.parameters()], lr=1e-3)
         ppo_update(actor, value, r, torch.zeros_like(ret), ret, v, opt, PPOConfig(clip_eps=0.2), epochs=5,
                    minibatch=8, vf_coef=0.5, policy_update=True, progress=0.0, generator=np.random.default_rng(0),
-                   aux_loss=(lambda: policy.compute_loss(batch)) if anchored else None)
+                   aux_loss=(lambda _obs: policy.compute_loss(batch)) if anchored else None)
         moved = any(not torch.equal(a, b) for a, b in zip(before, actor.parameters()))
         results[anchored] = (moved, loss_before, bc_loss_of(policy))
     assert results[False][0] is False, "zero advantages moved the policy"
@@ -234,6 +234,49 @@ def test_last_k_steps_only_enter_the_gradient():
     assert any(g is not None and torch.any(g != 0) for g in late)
     with pytest.raises(ValueError, match="trainable_last_k"):
         ChainActor(policy, trainable_last_k=99)
+
+
+def test_noise_prior_kl_is_zero_at_the_start_and_the_closed_form_after():
+    actor = NoiseActor(ConsistencyPolicy.from_teacher(build("diffusion-mlp", "lowdim")))
+    obs = make_batch("lowdim", n=4)["obs"]
+    with torch.no_grad():
+        assert float(actor.prior_kl(obs)) == 0.0  # the steered policy starts as the base: N(0, I) exactly
+    with torch.no_grad():
+        actor.net[-1].bias.fill_(0.5)  # mean 2.5 tanh(0.5 / 2.5) in every dimension
+        actor.log_std.fill_(-0.2)
+    m, s = 2.5 * np.tanh(0.5 / 2.5), np.exp(-0.2)
+    with torch.no_grad():
+        assert float(actor.prior_kl(obs)) == pytest.approx(0.5 * (s ** 2 + m ** 2 - 1) - np.log(s), rel=1e-5)
+
+
+def test_noise_prior_anchor_bounds_the_drift_of_the_steering():
+    """Advantages that are pure noise move the steering away from the base's N(0, I); the prior anchor, same data,
+    same seeds, keeps it far closer (the drift that took a Lift run from 0.40 to 0.00, docs/online_rl.md)."""
+    kl_after = {}
+    for coef in (0.0, 1.0):
+        torch.manual_seed(0)
+        actor = NoiseActor(ConsistencyPolicy.from_teacher(build("diffusion-mlp", "lowdim")))
+        value = ValueNet(actor.policy, hidden=(16,))
+        r = _chain_rollout(actor, chunks=8)
+        _, ret, v = advantages_of(r, value, GAMMA, 4, 0.95)
+        noise_adv = torch.randn(ret.shape, generator=torch.Generator().manual_seed(1))
+        opt = torch.optim.Adam([*actor.parameters(), *value.parameters()], lr=3e-3)
+        for it in range(10):
+            ppo_update(actor, value, r, noise_adv, ret, v, opt, PPOConfig(clip_eps=0.2, target_kl=0.0), epochs=4,
+                       minibatch=8, vf_coef=0.5, policy_update=True, progress=0.0,
+                       generator=np.random.default_rng(it),
+                       aux_loss=(lambda obs: coef * actor.prior_kl(obs)) if coef else None)
+        with torch.no_grad():
+            kl_after[coef] = float(actor.prior_kl(flat_observations(r.obs)))
+    assert kl_after[0.0] > 0 and kl_after[1.0] < 0.5 * kl_after[0.0], kl_after
+
+
+def test_noise_prior_anchor_is_refused_for_chain_ppo(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "bc", build("diffusion-mlp", "lowdim"), {"task": "Reach", "fps": 20})
+    cfg = FinetuneConfig(checkpoint=ckpt, output_dir=tmp_path / "ft", env_steps=32, noise_prior_coef=1.0,
+                         chunks_per_iter=4, epochs=1, minibatch_size=4, eval_episodes=0, progress=False)
+    with pytest.raises(ValueError, match="anchors a noise-space policy"):
+        train_online(cfg, venv=toy_venv(2))
 
 
 def test_noise_policy_starts_as_the_base_policy():

@@ -64,6 +64,14 @@ class NoiseActor(NoiseSteering):
         mean, std = self._dist(obs)
         return masked_logprob(record, mean, std, None)[:, None]
 
+    def prior_kl(self, obs: dict[str, Any]) -> torch.Tensor:
+        """KL(steering(obs) || N(0, I)) per noise dimension, averaged over dimensions and the batch: how far the
+        chosen noise has moved from the base policy's own. PPO's per-iteration KL stays small while this one
+        compounds; the prior anchor (``noise_prior_coef``) keeps it bounded."""
+        mean, std = self._dist(obs)
+        var = std.square().expand_as(mean)
+        return (0.5 * (var + mean.square() - 1.0) - torch.log(std).expand_as(mean)).mean()
+
     def shipped(self) -> SteeredPolicy:
         return SteeredPolicy(self.policy, self)
 

@@ -301,7 +301,7 @@ def collect_rollout(state: RolloutState, actor: Any, chunks: int, gamma: float, 
 
 
 # --- update ------------------------------------------------------------------------------------------------------
-def _flat(obs: dict[str, np.ndarray], idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def flat_observations(obs: dict[str, np.ndarray], idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
     out = {k: v.reshape(-1, *v.shape[2:]) for k, v in obs.items()}
     return out if idx is None else {k: v[idx] for k, v in out.items()}
 
@@ -309,7 +309,7 @@ def _flat(obs: dict[str, np.ndarray], idx: np.ndarray | None = None) -> dict[str
 @torch.no_grad()
 def values_of(value: ValueNet, obs: dict[str, np.ndarray], batch: int = 4096) -> torch.Tensor:
     """V over an (L, N, ...) observation buffer -> (L, N)."""
-    flat = _flat(obs)
+    flat = flat_observations(obs)
     total = next(iter(flat.values())).shape[0]
     out = torch.cat([value({k: v[i:i + batch] for k, v in flat.items()}).cpu() for i in range(0, total, batch)])
     shape = next(iter(obs.values())).shape[:2]
@@ -345,10 +345,12 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
 def ppo_update(actor: Any, value: ValueNet, rollout: Rollout, adv: torch.Tensor, ret: torch.Tensor,
                v_old: torch.Tensor, optimizer: torch.optim.Optimizer, config: PPOConfig, epochs: int,
                minibatch: int, vf_coef: float, policy_update: bool, progress: float,
-               generator: np.random.Generator, aux_loss: Callable[[], torch.Tensor] | None = None) -> UpdateStats:
-    """Minibatch PPO epochs; with ``policy_update`` False only the value net learns (warm-up). ``aux_loss()``
-    (e.g. a behaviour-cloning anchor) is added to every policy minibatch's loss."""
-    flat_obs = _flat(rollout.obs)
+               generator: np.random.Generator,
+               aux_loss: Callable[[dict[str, np.ndarray]], torch.Tensor] | None = None) -> UpdateStats:
+    """Minibatch PPO epochs; with ``policy_update`` False only the value net learns (warm-up). ``aux_loss(obs)``
+    (a behaviour-cloning anchor, or the noise policy's prior KL on the minibatch's observations) is added to every
+    policy minibatch's loss."""
+    flat_obs = flat_observations(rollout.obs)
     record = rollout.record.flatten(0, 1)
     logp_old = rollout.logp.flatten(0, 1)
     adv_f, ret_f, v_old_f = adv.flatten(), ret.flatten(), v_old.flatten()
@@ -370,7 +372,7 @@ def ppo_update(actor: Any, value: ValueNet, rollout: Rollout, adv: torch.Tensor,
                                                     config.value_clip)
 
             if policy_update:
-                extra = value_loss if aux_loss is None else (lambda: value_loss() + aux_loss())  # noqa: E731
+                extra = value_loss if aux_loss is None else (lambda: value_loss() + aux_loss(obs))  # noqa: E731
                 result = ppo_step(optimizer, params, lambda: actor.logprob(obs, rec), logp_old[idx].to(device),
                                   adv_f[idx].to(device), config, progress, extra_loss=extra)
                 if steps == 0:
