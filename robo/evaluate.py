@@ -228,9 +228,16 @@ def plot_summary(result: EvalResult, task: str, path: Path) -> None:
 def evaluate_checkpoint(config: EvalConfig) -> dict[str, Any]:
     from policies.checkpoint import load_checkpoint, read_config
 
+    from robo.rl.noise_ppo import load_noise_policy, read_noise_policy
+
     if config.checkpoint is None:
         raise ValueError("pass a checkpoint directory")
-    policy = load_checkpoint(config.checkpoint)
+    steering = read_noise_policy(config.checkpoint)
+    if steering is not None:  # a noise-space PPO run's folder: its base policy fed the steered noise, as shipped
+        policy: Any = load_noise_policy(config.checkpoint).shipped()
+        policy.extra = read_config(steering["base_checkpoint"]).get("extra", {})
+    else:
+        policy = load_checkpoint(config.checkpoint)
+        policy.extra = read_config(config.checkpoint).get("extra", {})
     policy.eval()
-    policy.extra = read_config(config.checkpoint).get("extra", {})
     return evaluate_policy(policy, config)

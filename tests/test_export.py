@@ -256,3 +256,27 @@ def test_a_noise_steered_student_ships_and_runs_as_it_was_evaluated(tmp_path, ch
     steering_file.unlink()
     with pytest.raises(ArtifactError, match="noise_steering.safetensors is missing"):
         load_artifact(tmp_path / "art")
+
+
+def test_robo_eval_of_a_noise_run_scores_the_steered_policy(tmp_path, chain, monkeypatch):
+    """`robo eval --checkpoint <noise run>/ppo/best` evaluates what would ship: the base fed the steered noise,
+    with the base checkpoint's task metadata, not an error and not the unsteered base."""
+    import robo.evaluate
+    from policies.checkpoint import load_checkpoint, read_config
+    from robo.evaluate import EvalConfig, evaluate_checkpoint
+    from robo.rl.noise_ppo import NoiseActor, load_noise_policy, save_noise_policy
+
+    _, st = chain
+    actor = NoiseActor(load_checkpoint(st))
+    with torch.no_grad():
+        actor.net[-1].bias.fill_(0.8)  # a steering mean well away from the base's N(0, I)
+    save_noise_policy(tmp_path / "noise", actor, str(st))
+    seen = []
+    monkeypatch.setattr(robo.evaluate, "evaluate_policy", lambda policy, config: seen.append(policy) or {})
+    evaluate_checkpoint(EvalConfig(checkpoint=tmp_path / "noise", episodes=1))
+    (policy,) = seen
+    assert policy.kind == "noise_steered" and policy.extra == read_config(st)["extra"]
+    obs = make_batch("lowdim", n=2)["obs"]
+    draw = lambda p: p.predict(obs, generator=torch.Generator().manual_seed(3))  # noqa: E731
+    assert torch.equal(draw(policy), draw(load_noise_policy(tmp_path / "noise").shipped()))
+    assert not torch.allclose(draw(policy), draw(load_checkpoint(st)), atol=1e-3)
