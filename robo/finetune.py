@@ -62,10 +62,10 @@ class FinetuneConfig:
     #   in every PPO minibatch (DPPO's bc_loss_coeff). With few episodes per iteration the advantages are mostly
     #   noise and the chain follows it: on pure-noise advantages the shipped chunk of a Lift policy drifted 0.28
     #   (RMS, normalised actions) in 10 iterations, 0.05 with bc_coef 1 (docs/online_rl.md). Not for --method noise.
-    noise_prior_coef: float = 0.0  # noise-space PPO: weight of KL(steering || N(0, I)) per dimension, added to each
-    #   minibatch's loss to keep the chosen x_K where the frozen base was trained. Without it a Lift run's steering mean
-    #   drifted to |0.77| per dimension in 14 iterations (per-iteration approx-KL < 1e-3) and success fell 0.40 -> 0.00
-    #   on 30 validation episodes (docs/online_rl.md). Only for --method noise.
+    noise_prior_coef: float = 1.0  # noise-space PPO only (chain and Gaussian PPO have bc_coef): weight of
+    #   KL(steering || N(0, I)) per dimension in each minibatch's loss, keeping the chosen x_K where the frozen base
+    #   was trained. Without it a Lift run's steering mean drifted to |0.77| per dimension in 16 iterations
+    #   (per-iteration approx-KL < 1e-3) and success fell 0.40 -> 0.00; with 1 (or 0.3) it held (docs/online_rl.md).
     value_warmup_iters: int = 2  # first iterations fit only the value net, to Monte-Carlo returns
     value_init: Path | None = None  # safetensors of a ValueNet to start from (e.g. an earlier run's value.safetensors)
     value_from_critic: Path | None = None  # an offline IQL critic (robo improve's <out>/critic): its V becomes the
@@ -231,9 +231,7 @@ def train_online(config: FinetuneConfig, venv: Any = None,
 
         value.load_state_dict(load_file(str(config.value_init)))
     aux_loss = behaviour_cloning_loss(policy, config) if config.bc_coef > 0 else None
-    if config.noise_prior_coef > 0:
-        if not noise:
-            raise ValueError("--noise-prior-coef anchors a noise-space policy; use --bc-coef for chain or Gaussian PPO")
+    if noise and config.noise_prior_coef > 0:
         aux_loss = lambda obs: config.noise_prior_coef * actor.prior_kl(obs)  # noqa: E731
     clip_eps = config.clip_eps or (0.01 if actor.num_logp_steps > 1 else 0.05)
     ppo_cfg = PPOConfig(clip_eps=clip_eps, target_kl=config.target_kl, max_grad_norm=config.max_grad_norm,

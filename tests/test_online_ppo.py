@@ -271,14 +271,6 @@ def test_noise_prior_anchor_bounds_the_drift_of_the_steering():
     assert kl_after[0.0] > 0 and kl_after[1.0] < 0.5 * kl_after[0.0], kl_after
 
 
-def test_noise_prior_anchor_is_refused_for_chain_ppo(tmp_path):
-    ckpt = save_checkpoint(tmp_path / "bc", build("diffusion-mlp", "lowdim"), {"task": "Reach", "fps": 20})
-    cfg = FinetuneConfig(checkpoint=ckpt, output_dir=tmp_path / "ft", env_steps=32, noise_prior_coef=1.0,
-                         chunks_per_iter=4, epochs=1, minibatch_size=4, eval_episodes=0, progress=False)
-    with pytest.raises(ValueError, match="anchors a noise-space policy"):
-        train_online(cfg, venv=toy_venv(2))
-
-
 def test_noise_policy_starts_as_the_base_policy():
     student = ConsistencyPolicy.from_teacher(build("diffusion-mlp", "lowdim"))
     actor = NoiseActor(student)
