@@ -61,6 +61,13 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0 if gate is None or gate["passed"] else 3
 
 
+def _compare_runs(args: argparse.Namespace) -> int:
+    from robo.compare_runs import CompareRunsConfig, compare_runs
+
+    compare_runs(dataclass_from_args(CompareRunsConfig, args))
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from robo.export import ExportConfig, export
 
@@ -182,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="online PPO in sim, then distil, gate the student and export")
     add_dataclass_args(p, FinetuneConfig)
     p.set_defaults(func=_finetune)
+
+    from robo.compare_runs import CompareRunsConfig
+
+    p = sub.add_parser("compare-runs", help="online runs side by side: one success-vs-env-steps PNG and a table")
+    add_dataclass_args(p, CompareRunsConfig)
+    p.set_defaults(func=_compare_runs)
 
     p = sub.add_parser("export", help="the deploy artifact the ROS node loads (weights, spec, limits, provenance)")
     add_dataclass_args(p, ExportConfig)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from robo.compare_runs import plot_success_curve
 from robo.evaluate import EVAL_SEED_OFFSET, VALIDATION_SEED_OFFSET
 
 log = logging.getLogger(__name__)
@@ -371,29 +372,6 @@ def _log_iteration(writer: Any, step: int, stats: Any, sps: float, wins: list[bo
         writer.add_scalar("train/success_rate", float(np.mean(wins)), step)
     for k, (q05, q50, q95) in enumerate(stats.ratio_quantiles):
         writer.add_scalars(f"ratio/step{k}", {"q05": q05, "q50": q50, "q95": q95}, step)
-
-
-def plot_success_curve(curves: dict[str, dict[str, list]], path: Path) -> None:
-    """PNG of success vs env steps: evaluation (markers) and training-episode success (thin line) per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for i, (name, h) in enumerate(curves.items()):
-        color = f"C{i}"
-        if h.get("env_steps"):
-            ax.plot(h["env_steps"], h["train_success"], color=color, lw=0.8, alpha=0.5, label=f"{name} (training)")
-        if h.get("eval_env_steps"):
-            ax.plot(h["eval_env_steps"], h["eval_success"], color=color, marker="o", label=f"{name} (evaluation)")
-    ax.set(xlabel="environment steps", ylabel="success rate", ylim=(-0.02, 1.02), title="online PPO")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # --- stages 2-4: distil, gate, export ----------------------------------------------------------------------------

@@ -428,3 +428,35 @@ def test_gaussian_ppo_learns_the_toy_reach(tmp_path):
 def test_chain_ppo_learns_the_toy_reach(tmp_path):
     first, last = _learn_reach(tmp_path, "diffusion-mlp")
     assert last > first + 0.3, (first, last)
+
+
+def test_compare_runs_plots_and_tabulates_what_each_run_measured(tmp_path, capsys):
+    from robo.cli import main
+
+    scores = {"gaussian": [0.2, 0.3, 0.6], "diffusion-mlp": [0.4, 0.1, 0.3]}
+    for kind, curve in scores.items():
+        ckpt = save_checkpoint(tmp_path / f"bc_{kind}", build(kind, "lowdim"), {"task": "Reach", "fps": 20})
+        cfg = FinetuneConfig(checkpoint=ckpt, output_dir=tmp_path / kind, env_steps=64, chunks_per_iter=4,
+                             epochs=1, minibatch_size=4, value_warmup_iters=0, eval_every=1, eval_episodes=3,
+                             progress=False)
+        train_online(cfg, venv=toy_venv(2), evaluator=lambda policy, seed, n, name, c=curve: {
+            "success_rate": c[int(name.removeprefix("iter"))]})
+    png = tmp_path / "compare.png"
+    assert main(["compare-runs", "--runs", str(tmp_path / "gaussian"), str(tmp_path / "diffusion-mlp" / "ppo"),
+                 "--labels", "Gaussian PPO", "chain PPO", "--output", str(png)]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert png.stat().st_size > 0
+    assert figures["runs"]["Gaussian PPO"] == {**figures["runs"]["Gaussian PPO"], "method": "gaussian",
+                                              "env_steps": 64, "success_start": 0.2, "success_end": 0.6,
+                                              "success_best": 0.6}
+    assert figures["runs"]["chain PPO"]["method"] == "chain"
+    assert (figures["runs"]["chain PPO"]["success_end"], figures["runs"]["chain PPO"]["success_best"]) == (0.3, 0.4)
+
+
+def test_compare_runs_refuses_a_folder_without_a_finished_run_in_one_line(tmp_path, capsys):
+    from robo.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["compare-runs", "--runs", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "has no ppo/summary.json" in err

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
-def print_table(title: str, rows: list[tuple[str, str, str]]) -> None:
-    headers = ("measure", "value", "baseline / note")
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(3)]
+def print_table(title: str, rows: list[tuple[str, ...]],
+                headers: tuple[str, ...] = ("measure", "value", "baseline / note")) -> None:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     print(title)
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
     print("  ".join("-" * w for w in widths))
