@@ -20,6 +20,7 @@ class CompareRunsConfig:
     runs: tuple[Path, ...] = ()  # robo finetune output folders (or their ppo/ folders)
     labels: tuple[str, ...] = ()  # one per run; empty = each run's method and folder name
     output: Path = Path("data/compare_runs.png")  # the PNG; the figures go to stdout
+    smooth: int = 5  # training-episode success is drawn as a mean over this many iterations (1 = raw)
 
 
 def read_run(run: Path) -> dict[str, Any]:
@@ -34,23 +35,32 @@ def read_run(run: Path) -> dict[str, Any]:
     raise FileNotFoundError(f"{run} has no ppo/summary.json: pass a robo finetune output folder whose PPO finished")
 
 
-def plot_success_curve(curves: dict[str, dict[str, list]], path: Path, title: str = "online PPO") -> None:
-    """PNG of success vs env steps: evaluation (markers) and training-episode success (thin line) per method."""
+def plot_success_curve(curves: dict[str, dict[str, list]], path: Path, title: str = "online PPO",
+                       smooth: int = 1) -> None:
+    """PNG of success vs env steps: validation evaluations (markers) and training-episode success (thin line, a
+    trailing mean over ``smooth`` iterations: one iteration holds only a few episodes) per method."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = plt.subplots(figsize=(7.0, 3.6 + 0.25 * len(curves)))
     for i, (name, h) in enumerate(curves.items()):
         color = f"C{i}"
         if h.get("env_steps"):
-            ax.plot(h["env_steps"], h["train_success"], color=color, lw=0.8, alpha=0.5, label=f"{name} (training)")
+            train = np.asarray(h["train_success"], float)  # NaN where an iteration finished no episode
+            if smooth > 1:
+                train = np.array([np.nanmean(train[max(0, i - smooth + 1):i + 1]) if
+                                  np.isfinite(train[max(0, i - smooth + 1):i + 1]).any() else np.nan
+                                  for i in range(len(train))])
+            what = "training" if smooth <= 1 else f"training, mean of {smooth} iterations"
+            ax.plot(h["env_steps"], train, color=color, lw=0.8, alpha=0.5, label=f"{name} ({what})")
         if h.get("eval_env_steps"):
-            ax.plot(h["eval_env_steps"], h["eval_success"], color=color, marker="o", label=f"{name} (evaluation)")
+            ax.plot(h["eval_env_steps"], h["eval_success"], color=color, marker="o", label=f"{name} (validation)")
     ax.set(xlabel="environment steps", ylabel="success rate", ylim=(-0.02, 1.02), title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)  # off the curves
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -68,7 +78,8 @@ def compare_runs(config: CompareRunsConfig) -> dict[str, Any]:
         raise ValueError(f"labels must differ, got {labels}")
     curves = {label: s["history"] for label, s in zip(labels, summaries)}
     tasks = sorted({s.get("task", "?") for s in summaries})
-    plot_success_curve(curves, Path(config.output), title=f"online PPO on {', '.join(tasks)}")
+    plot_success_curve(curves, Path(config.output), title=f"online PPO on {', '.join(tasks)}",
+                       smooth=config.smooth)
     figures: dict[str, Any] = {"output": str(config.output), "runs": {}}
     rows = []
     for label, s in zip(labels, summaries):
