@@ -35,12 +35,24 @@ def read_run(run: Path) -> dict[str, Any]:
     raise FileNotFoundError(f"{run} has no ppo/summary.json: pass a robo finetune output folder whose PPO finished")
 
 
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Mean of each value and the ``window - 1`` before it, skipping NaN (an iteration that finished no episode);
+    NaN where the whole window is NaN."""
+    import numpy as np
+
+    x = np.asarray(values, float)
+    out = []
+    for i in range(len(x)):
+        part = x[max(0, i - window + 1):i + 1]
+        out.append(float(part[np.isfinite(part)].mean()) if np.isfinite(part).any() else float("nan"))
+    return out
+
+
 def plot_success_curve(curves: dict[str, dict[str, list]], path: Path, title: str = "online PPO",
                        smooth: int = 1) -> None:
     """PNG of success vs env steps: validation evaluations (markers) and training-episode success (thin line, a
     trailing mean over ``smooth`` iterations: one iteration holds only a few episodes) per method."""
     import matplotlib
-    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -49,11 +61,7 @@ def plot_success_curve(curves: dict[str, dict[str, list]], path: Path, title: st
     for i, (name, h) in enumerate(curves.items()):
         color = f"C{i}"
         if h.get("env_steps"):
-            train = np.asarray(h["train_success"], float)  # NaN where an iteration finished no episode
-            if smooth > 1:
-                train = np.array([np.nanmean(train[max(0, i - smooth + 1):i + 1]) if
-                                  np.isfinite(train[max(0, i - smooth + 1):i + 1]).any() else np.nan
-                                  for i in range(len(train))])
+            train = trailing_mean(h["train_success"], smooth) if smooth > 1 else h["train_success"]
             what = "training" if smooth <= 1 else f"training, mean of {smooth} iterations"
             ax.plot(h["env_steps"], train, color=color, lw=0.8, alpha=0.5, label=f"{name} ({what})")
         if h.get("eval_env_steps"):

@@ -460,3 +460,12 @@ def test_compare_runs_refuses_a_folder_without_a_finished_run_in_one_line(tmp_pa
     assert main(["compare-runs", "--runs", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "has no ppo/summary.json" in err
+
+
+def test_trailing_mean_of_training_success_skips_iterations_without_episodes():
+    from robo.compare_runs import trailing_mean
+
+    nan = float("nan")
+    out = trailing_mean([1.0, nan, 0.0, 0.5, nan, nan, nan], 3)
+    assert out[:5] == [1.0, 1.0, 0.5, 0.25, 0.25] and out[5] == 0.5 and np.isnan(out[6])
+    assert trailing_mean([0.2, 0.4], 1) == [0.2, 0.4]
