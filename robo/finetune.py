@@ -73,6 +73,9 @@ class FinetuneConfig:
     #   value function, fine-tuned online, and the Monte-Carlo warm-up is skipped (robo/rl/critic.py: CriticValue)
     sigma_floor: float = 0.1  # chain: lower bound on every denoising step's std (sampling and likelihood; DPPO 0.1)
     mean_eta: float = 1.0  # chain: DDIM eta of each step's mean (1 = sample_chain's; 0 collapsed training success on Lift)
+    gaussian_std: float = 0.0  # Gaussian PPO: start exploring at this std, normalised units (0 = the BC's own)
+    #   The BC likelihood learns the demonstrations' spread (0.35 per dim on lift_c40n8), and sampling the whole
+    #   executed chunk that wide fails most episodes; PPO learns the log-std on from the value set here.
     noise_clip: float = 3.0  # clip exploration noise draws at this many std (0 = off)
     ddim_steps: int = 0  # chain: denoising steps K during PPO (0 = the policy's num_inference_steps)
     trainable_last_k: int = 0  # chain: only the last K' denoising steps enter the loss (0 = all)
@@ -204,6 +207,10 @@ def train_online(config: FinetuneConfig, venv: Any = None,
     task = config.task or extra.get("task", "")
     spec = policy.spec
     actor = build_actor(policy, config)
+    if config.gaussian_std and not from_last:  # a resumed run continues the std it had learned
+        if not hasattr(actor, "set_std"):
+            raise ValueError("--gaussian-std sets the exploration of Gaussian PPO; this run is not one")
+        actor.set_std(config.gaussian_std)
     if config.value_from_critic is not None and config.value_init is not None:
         raise ValueError("pass --value-init or --value-from-critic, not both")
     if config.value_from_critic is not None:
@@ -309,6 +316,9 @@ def train_online(config: FinetuneConfig, venv: Any = None,
             h["train_success"].append(float(np.mean(wins)) if wins else float("nan"))
             h["steps_per_s"].append(sps)
             _log_iteration(writer, state["env_steps"], stats, sps, wins, warmup)
+            for tag, figure in getattr(actor, "diagnostics", dict)().items():  # what each actor has to watch
+                h.setdefault(tag.replace("/", "_"), []).append(figure)
+                writer.add_scalar(tag, figure, state["env_steps"])
             if noise:  # the drift PPO's per-iteration KL hides: how far the steering now is from the base's noise
                 with torch.no_grad():
                     kl_base = float(actor.prior_kl(flat_observations(rollout.obs)))

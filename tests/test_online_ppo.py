@@ -306,6 +306,41 @@ def test_trainer_runs_saves_and_resumes(tmp_path, kind):
     assert summary["env_steps"] == 96 and summary["iterations"] == 3
 
 
+def test_gaussian_std_sets_where_exploration_starts_and_a_resume_keeps_the_learned_one(tmp_path, monkeypatch):
+    import robo.rl.online as online
+
+    sampled_at = []  # the std each rollout samples with
+    real_collect = online.collect_rollout
+
+    def collect(state, actor, *args, **kwargs):
+        sampled_at.append(actor.policy.log_std.detach().exp().clone())
+        return real_collect(state, actor, *args, **kwargs)
+
+    monkeypatch.setattr(online, "collect_rollout", collect)
+    start = build("gaussian", "lowdim")
+    assert torch.allclose(start.log_std.exp(), torch.tensor(0.3679), atol=1e-3)  # the config's init, not 0.1
+    ckpt = save_checkpoint(tmp_path / "bc", start, {"task": "Reach", "fps": 20})
+    cfg = FinetuneConfig(checkpoint=ckpt, output_dir=tmp_path / "ft", env_steps=64, chunks_per_iter=4, epochs=2,
+                         minibatch_size=4, value_warmup_iters=0, eval_episodes=0, progress=False, lr=1e-2,
+                         gaussian_std=0.1)
+    train_online(cfg, venv=toy_venv(2))
+    assert torch.allclose(sampled_at[0], torch.tensor(0.1))
+    learned = load_checkpoint(tmp_path / "ft" / "ppo" / "last").log_std.exp()
+    assert not torch.allclose(learned, torch.tensor(0.1))  # PPO moved it on from there
+    cfg.resume, cfg.env_steps = True, 96
+    train_online(cfg, venv=toy_venv(2))
+    assert torch.equal(sampled_at[2], learned)  # not reset to 0.1
+    history = json.loads((tmp_path / "ft" / "ppo" / "summary.json").read_text())["history"]
+    assert len(history["gaussian_std_mean"]) == 3 and history["gaussian_std_mean"][-1] != pytest.approx(0.1)
+    with pytest.raises(ValueError, match="outside the policy's range"):
+        build_actor(build("gaussian", "lowdim"), FinetuneConfig()).set_std(0.01)
+    with pytest.raises(ValueError, match="not one"):
+        train_online(FinetuneConfig(checkpoint=save_checkpoint(tmp_path / "d", build("diffusion-mlp", "lowdim"),
+                                                               {"task": "Reach", "fps": 20}),
+                                    output_dir=tmp_path / "ft2", gaussian_std=0.1, eval_episodes=0, progress=False),
+                     venv=toy_venv(2))
+
+
 def test_best_keeps_the_starting_policy_when_ppo_only_gets_worse(tmp_path):
     start = build("gaussian", "lowdim")
     ckpt = save_checkpoint(tmp_path / "bc", start, {"task": "Reach", "fps": 20})

@@ -154,6 +154,22 @@ class GaussianActor:
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.policy.parameters() if p.requires_grad]
 
+    def set_std(self, std: float) -> None:
+        """Start exploring at ``std`` (normalised units, every chunk entry); PPO then learns the log-std from there."""
+        cfg = self.policy.config
+        if not math.exp(cfg.log_std_min) <= std <= math.exp(cfg.log_std_max) or std < self.std_floor:
+            raise ValueError(f"exploration std {std} is outside the policy's range "
+                             f"[{max(math.exp(cfg.log_std_min), self.std_floor):.3g}, {math.exp(cfg.log_std_max):.3g}]")
+        with torch.no_grad():
+            self.policy.log_std.fill_(math.log(std))
+
+    def diagnostics(self) -> dict[str, float]:
+        """Logged per iteration: the exploration std PPO has learned (mean over the chunk, normalised units)."""
+        cfg = self.policy.config
+        with torch.no_grad():  # the policy's std is state-independent: the same clamp distribution() applies
+            std = self.policy.log_std.clamp(cfg.log_std_min, cfg.log_std_max).exp().clamp(min=self.std_floor)
+        return {"gaussian/std_mean": float(std.mean())}
+
     def _dist(self, obs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         mean, std = self.policy.distribution(obs, augment=False)
         return mean, std.clamp(min=self.std_floor)  # exploration never collapses to a point
