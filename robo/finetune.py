@@ -50,6 +50,9 @@ class FinetuneConfig:
     epochs: int = 5  # passes over each iteration's data
     minibatch_size: int = 128  # chunks per PPO minibatch
     gamma: float = 0.99  # per env step; a chunk of n executed actions is discounted by gamma**n
+    reward: Literal["sparse", "potential"] = "sparse"  # training reward: sparse (1 on success) or potential-shaped
+    #   sparse: plus gamma*phi(s') - phi(s), phi = robosuite's staged reward (reach, grasp, ...), 0 once done, which
+    #   keeps sparse's optimal policies (sim/env.py). Success, the only figure reported, is the same either way.
     gae_lambda: float = 0.95  # GAE lambda
     clip_eps: float = 0.0  # PPO clip range on per-dimension ratios; 0 = per method: chain 0.01 (DPPO), others 0.05
     target_kl: float = 0.01  # stop an iteration's updates once per-dimension approx-KL passes this (0 = off)
@@ -213,6 +216,9 @@ def train_online(config: FinetuneConfig, venv: Any = None,
         actor.set_std(config.gaussian_std)
     if config.value_from_critic is not None and config.value_init is not None:
         raise ValueError("pass --value-init or --value-from-critic, not both")
+    if config.value_from_critic is not None and config.reward != "sparse":
+        raise ValueError("an offline critic values the sparse reward it was trained on; use --reward sparse with "
+                         "--value-from-critic")
     if config.value_from_critic is not None:
         from robo.rl.critic import CriticValue
 
@@ -252,7 +258,7 @@ def train_online(config: FinetuneConfig, venv: Any = None,
         from sim.env import EnvConfig
         from sim.vector import make_vector_env
 
-        venv = make_vector_env(EnvConfig(task=task), config.num_envs)
+        venv = make_vector_env(EnvConfig(task=task, reward=config.reward, potential_gamma=config.gamma), config.num_envs)
     if evaluator is None and config.eval_episodes > 0:
         evaluator = sim_evaluator(task, config.num_envs, out / "eval")
     shipped = (lambda: actor.shipped()) if noise else (lambda: policy)  # noqa: E731

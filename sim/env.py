@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -53,8 +53,13 @@ class EnvConfig:
     """Rendered image width in pixels."""
     depth: bool = False
     """Also produce `<cam>_depth` (H, W, 1) uint16 millimetres for every camera."""
-    reward_shaping: bool = False
-    """False: sparse reward 1.0 on success. True: robosuite's dense shaped reward (scaled to max 1)."""
+    reward: Literal["sparse", "dense", "potential"] = "sparse"
+    """sparse: 1.0 on success, else 0. dense: robosuite's staged shaped reward (scaled to max 1); an agent that is
+    paid every step for hovering near success and stopped at success can prefer to hover. potential: sparse plus
+    potential_gamma * phi(s') - phi(s) with phi robosuite's staged reward of a state and phi = 0 once the task is
+    done (Ng et al. 1999): the same optimal policies as sparse, with a signal on every step."""
+    potential_gamma: float = 0.99
+    """Discount of the potential term; must equal the learner's per-step gamma for the optimal policy to hold."""
     model_seed: int = 0
     """Seed of what robosuite draws once, when it builds the model: Lift's cube size (40-44 mm), the first object
     placement. Fixed, so that a scene is a function of the episode seed alone, in every process and every vector-env
@@ -71,6 +76,10 @@ class EnvConfig:
                 raise ValueError(f"unknown camera {cam!r}; expected one of {tuple(CAMERA_KEY_PREFIX)}")
         if self.resolved_horizon() <= 0 or self.image_height <= 0 or self.image_width <= 0:
             raise ValueError("horizon, image_height and image_width must be positive")
+        if self.reward not in ("sparse", "dense", "potential"):
+            raise ValueError(f"unknown reward {self.reward!r}; expected sparse, dense or potential")
+        if not 0.0 < self.potential_gamma <= 1.0:
+            raise ValueError(f"potential_gamma must be in (0, 1], got {self.potential_gamma}")
 
 
 def _controller_config(robot: str) -> dict[str, Any]:
@@ -136,7 +145,7 @@ class SimEnv(gym.Env):
             ignore_done=True,
             # Reset by restoring state instead of recompiling the model: 0.13 s instead of 2.4 s per reset.
             hard_reset=False,
-            reward_shaping=self.config.reward_shaping,
+            reward_shaping=self.config.reward != "sparse",
             reward_scale=1.0,
             # robosuite draws the cube's size and a first placement from this rng while building the model, and a
             # soft reset keeps both (it re-seeds the placement only). Seeding the build with the episode seed made
@@ -145,6 +154,7 @@ class SimEnv(gym.Env):
             seed=self.config.model_seed,
         )
         self._steps = 0
+        self._potential = 0.0  # phi of the current state (reward="potential"), set by reset()
         self._frame_renderers: dict[tuple[int, int], Any] = {}
         self._disable_expensive_render_effects()
         first_obs = self._convert(self._env._get_observations(force_update=True))
@@ -167,6 +177,7 @@ class SimEnv(gym.Env):
         raw = self._env.reset()
         self._disable_expensive_render_effects()
         self._steps = 0
+        self._potential = self._staged_reward() if self.config.reward == "potential" else 0.0
         return self._convert(raw), {"success": False}
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -179,7 +190,13 @@ class SimEnv(gym.Env):
         raw, shaped_reward, _, _ = self._env.step(np.clip(action, -1.0, 1.0))
         self._steps += 1
         success = bool(self._env._check_success())
-        reward = float(shaped_reward) if self.config.reward_shaping else float(success)
+        reward = float(shaped_reward) if self.config.reward == "dense" else float(success)
+        if self.config.reward == "potential":
+            # robosuite computes its reward after the step, so shaped_reward is phi of the new state (or the
+            # success bonus, where phi is 0: the episode ends there)
+            potential = 0.0 if success else float(shaped_reward)
+            reward += self.config.potential_gamma * potential - self._potential
+            self._potential = potential
         truncated = (not success) and self._steps >= self.horizon
         info = {"success": success, "steps": self._steps}
         return self._convert(raw), reward, success, truncated, info
@@ -191,6 +208,10 @@ class SimEnv(gym.Env):
         if getattr(self, "_env", None) is not None:
             self._env.close()  # destroys the offscreen GL context along with the sim
             self._env = None
+
+    def _staged_reward(self) -> float:
+        """robosuite's dense staged reward of the current state (reaching, grasping, ...), scaled to max 1."""
+        return float(self._env.reward(None))
 
     # ------------------------------------------------------------------ extras
 

@@ -437,6 +437,9 @@ def test_trainer_starts_from_the_offline_critic_without_warmup(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         train_online(FinetuneConfig(**{**cfg.__dict__, "output_dir": tmp_path / "ft2", "value_init": path}),
                      venv=toy_venv(2))
+    with pytest.raises(ValueError, match="sparse reward it was trained on"):  # potential shaping changes V
+        train_online(FinetuneConfig(**{**cfg.__dict__, "output_dir": tmp_path / "ft3", "reward": "potential"}),
+                     venv=toy_venv(2))
 
 
 def _learn_reach(tmp_path, kind: str) -> tuple[float, float]:

@@ -177,3 +177,45 @@ def test_vector_env_two_workers():
         assert info["final_obs"][0]["eef_pos"].shape == (3,)
     finally:
         env.close()
+
+
+def _expert_rewards(env: SimEnv, seed: int) -> tuple[list[float], float, bool]:
+    """Per-step rewards of one scripted-expert episode, phi of its first state, and whether it succeeded."""
+    from sim.experts import ExpertConfig, make_expert
+
+    expert = make_expert(env, ExpertConfig())
+    obs, _ = env.reset(seed=seed)
+    expert.reset(obs, episode_seed=seed)
+    phi0 = env._staged_reward()
+    rewards, done, info = [], False, {}
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(expert.act(obs))
+        rewards.append(reward)
+        done = terminated or truncated
+    return rewards, phi0, bool(info["success"])
+
+
+@pytest.mark.parametrize("succeeds", [True, False])
+def test_potential_reward_telescopes_to_the_sparse_return_minus_the_first_potential(succeeds):
+    # Potential shaping keeps the optimal policies because sum_t g^t (r + g phi' - phi) = sparse return + g^T phi(s_T)
+    # - phi(s_0), with phi = 0 once the task is done: checked on an expert success and on a truncated failure.
+    gamma = 0.97
+    env = SimEnv(EnvConfig(task="Lift", reward="potential", potential_gamma=gamma, horizon=150 if succeeds else 12))
+    try:
+        rewards, phi0, success = _expert_rewards(env, seed=5)
+        assert success == succeeds
+        discounts = gamma ** np.arange(len(rewards))
+        sparse_return = discounts[-1] if success else 0.0
+        phi_end = 0.0 if success else env._staged_reward()
+        shaped_return = float(np.dot(discounts, rewards))
+        assert shaped_return == pytest.approx(sparse_return + gamma ** len(rewards) * phi_end - phi0, abs=1e-9)
+        assert phi0 > 0 and any(abs(r) > 1e-4 for r in rewards[:-1])  # a signal before the end, unlike sparse
+        if not succeeds:
+            assert phi_end > phi0  # the expert's first 12 steps approach the cube: the potential rose
+    finally:
+        env.close()
+
+
+def test_unknown_reward_rejected():
+    with pytest.raises(ValueError, match="reward"):
+        SimEnv(EnvConfig(reward="shaped"))
