@@ -26,8 +26,8 @@ _LOG_SQRT_2PI = 0.5 * float(torch.log(torch.tensor(2 * torch.pi)))
 @dataclass
 class DiffusionPolicyConfig:
     # Fields that only steer sampling: a checkpoint's config.json may change them after training.
-    inference_fields: ClassVar[tuple[str, ...]] = ("num_inference_steps", "eta", "chain_eta", "sigma_min",
-                                                   "clip_sample")
+    inference_fields: ClassVar[tuple[str, ...]] = ("num_inference_steps", "eta", "step_noise", "chain_eta",
+                                                   "sigma_min", "clip_sample")
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # observation encoder
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)  # "unet" or "mlp" and their widths
     num_train_timesteps: int = 100  # DDPM training steps
@@ -35,6 +35,10 @@ class DiffusionPolicyConfig:
     prediction_type: str = "epsilon"  # "epsilon" (predict the noise) or "sample" (predict the clean chunk)
     num_inference_steps: int = 10  # DDIM steps K for predict and sample_chain
     eta: float = 0.0  # DDIM eta for predict (0 = deterministic)
+    # Scale of the fresh noise each of predict's DDIM steps adds (when eta > 0). 1 = DDIM(eta) proper; 0 = its mean
+    # path: eta 1 with 0 runs the DDPM-like means the PPO chain is trained around, without the exploration noise
+    # (DPPO's deterministic evaluation). Only the initial noise is random then.
+    step_noise: float = 1.0
     chain_eta: float = 1.0  # DDIM eta for sample_chain: 1 = DDPM-like per-step Gaussian (RL exploration)
     sigma_min: float = 0.01  # floor on each chain step's std, or the log-likelihood explodes near eta=0
     clip_sample: bool = True  # clip the predicted clean chunk to [-1, 1] (actions are limits-normalised)
@@ -116,13 +120,16 @@ class DiffusionPolicy(PolicyBase):
         return self.denoiser.condition(self.encoder(self.normalize_obs(obs), augment=augment))
 
     def ddim_sample_normalized(self, x: torch.Tensor, conditioned: torch.Tensor, steps: int | None = None,
-                               eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Run the K-step DDIM chain from noise ``x`` (normalised space); returns the clean chunk (not clipped)."""
+                               eta: float = 0.0, generator: torch.Generator | None = None,
+                               step_noise: float = 1.0) -> torch.Tensor:
+        """Run the K-step DDIM chain from noise ``x`` (normalised space); returns the clean chunk (not clipped).
+        ``step_noise`` scales the fresh noise of each step (0: the mean path of DDIM(eta))."""
         grid = self.time_grid(steps)
         for k in range(len(grid.timesteps)):
             out = self.denoiser.step(x, grid.timesteps[k].to(x.device), conditioned)
             mean, sigma = self.ddim_step(x, out, grid, k, eta)
-            x = mean + sigma * _randn_like(mean, generator) if eta > 0 else mean
+            noisy = eta > 0 and step_noise > 0
+            x = mean + step_noise * sigma * _randn_like(mean, generator) if noisy else mean
         return x
 
     def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -138,7 +145,7 @@ class DiffusionPolicy(PolicyBase):
         conditioned = self.conditioned(obs)
         x = self.initial_noise(conditioned.shape[0], generator)
         if scheduler == "ddim":
-            x = self.ddim_sample_normalized(x, conditioned, steps, self.config.eta, generator)
+            x = self.ddim_sample_normalized(x, conditioned, steps, self.config.eta, generator, self.config.step_noise)
         elif scheduler == "ddpm":
             from diffusers import DDPMScheduler
 

@@ -221,6 +221,22 @@ def test_chain_mean_eta_zero_is_the_shipped_deterministic_sampler():
     assert not np.allclose(ddpm_like.act(obs, torch.Generator().manual_seed(5))[0], shipped, atol=1e-3)
 
 
+def test_step_noise_zero_ships_the_mean_path_of_the_trained_chain():
+    """predict with eta 1 and step_noise 0 runs the DDPM-like means the chain actor samples around (its noise squeezed
+    to nothing): deterministic given the initial noise, and not the eta-0 sampler shipped by default."""
+    policy = build("diffusion-mlp", "lowdim")
+    obs = make_batch("lowdim", n=3)["obs"]
+    eta0 = policy.predict(obs, generator=torch.Generator().manual_seed(5)).numpy()
+    policy.config.eta, policy.config.step_noise = 1.0, 0.0
+    mean_path = policy.predict(obs, generator=torch.Generator().manual_seed(5)).numpy()
+    chain = ChainActor(policy, sigma_floor=1e-4, noise_clip=1e-9).act(obs, torch.Generator().manual_seed(5))[0]
+    assert np.allclose(mean_path, chain, atol=1e-4)
+    assert not np.allclose(mean_path, eta0, atol=1e-3)
+    policy.config.step_noise = 1.0  # eta 1 proper: the same initial noise, fresh noise at every step
+    assert not np.allclose(policy.predict(obs, generator=torch.Generator().manual_seed(5)).numpy(), mean_path,
+                           atol=1e-3)
+
+
 def test_last_k_steps_only_enter_the_gradient():
     policy = build("diffusion-mlp", "lowdim")
     actor = ChainActor(policy, trainable_last_k=3)
