@@ -66,12 +66,14 @@ def plot_success_curve(curves: dict[str, dict[str, list]], path: Path, title: st
             ax.plot(h["env_steps"], train, color=color, lw=0.8, alpha=0.5, label=f"{name} ({what})")
         if h.get("eval_env_steps"):
             ax.plot(h["eval_env_steps"], h["eval_success"], color=color, marker="o", label=f"{name} (validation)")
-    ax.set(xlabel="environment steps", ylabel="success rate", ylim=(-0.02, 1.02), title=title)
+    ax.set(xlabel="environment steps (thousands)", ylabel="success rate", ylim=(-0.02, 1.02), title=title)
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}")  # 200000 in full overlaps its neighbours
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)  # off the curves
+    # Below the axes, off the curves; one column, so long labels are never cut at the figure's edge.
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
