@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,11 @@ def run_deploy(config: DeployRunConfig) -> int:
     processes = launch_processes(REPO / config.launch if not Path(config.launch).is_absolute() else config.launch,
                                  _parse_args(tuple(config.arg), config.checkpoint))
     have_ros2 = shutil.which("ros2") is not None
+    if threading.current_thread() is threading.main_thread():
+        # A shell without job control starts `robo deploy &` with SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt: the children (rclpy installs its own handler) would stop on Ctrl-C while the launcher
+        # lived on. The launcher's contract is that SIGINT stops it and everything it started.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     children: list[tuple[Process, subprocess.Popen]] = []
     for proc in processes:
         if proc.ros_package and not have_ros2:

@@ -4,6 +4,7 @@ command interfaces, operator takeover, the teleop bridge, and the harness's own 
 domain, SIGTERM)."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -254,21 +255,28 @@ def test_a_sim_mock_left_running_in_the_domain_is_named_not_joined(tmp_path):
         stranger.stop()
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a shell without job control does to `cmd &`
+
+
 @pytest.mark.ros
 @pytest.mark.usefixtures("own_ros_domain")
-def test_sigterm_to_robo_deploy_stops_what_it_started(tmp_path):
-    """`timeout`, `kill` or systemd end `robo deploy` with SIGTERM: its children (mock, node) stop with it instead
-    of living on in the ROS domain."""
+@pytest.mark.parametrize("stop", ["sigterm", "sigint_from_a_background_shell"])
+def test_a_stop_signal_to_robo_deploy_stops_what_it_started(tmp_path, stop):
+    """`timeout`, `kill` or systemd end `robo deploy` with SIGTERM; Ctrl-C sends SIGINT, also when the launcher was
+    started by a shell that ignores SIGINT for background jobs. Its children (mock, node) stop with it instead of
+    living on in the ROS domain."""
     ckpt = fresh_checkpoint(tmp_path / "ckpt", LOWDIM)
     deploy = subprocess.Popen([sys.executable, "-m", "robo.cli", "deploy", "--checkpoint", str(ckpt)], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=_ignore_sigint if stop != "sigterm" else None)
     children_file = f"/proc/{deploy.pid}/task/{deploy.pid}/children"
     try:
         assert wait_for(lambda: len(open(children_file).read().split()) == 2, 30), "robo deploy started no children"
         children = [int(pid) for pid in open(children_file).read().split()]
         time.sleep(3)  # let them get into their imports or their spin
-        deploy.terminate()
-        assert deploy.wait(timeout=30) == 0  # a stop asked for, as Ctrl-C is
+        deploy.send_signal(signal.SIGTERM if stop == "sigterm" else signal.SIGINT)
+        assert deploy.wait(timeout=30) == 0  # a stop asked for
         assert wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children), 5), \
             "a child of robo deploy outlived it"
     finally:
