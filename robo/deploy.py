@@ -112,21 +112,22 @@ def run_deploy(config: DeployRunConfig) -> int:
     processes = launch_processes(REPO / config.launch if not Path(config.launch).is_absolute() else config.launch,
                                  _parse_args(tuple(config.arg), config.checkpoint))
     have_ros2 = shutil.which("ros2") is not None
-    if threading.current_thread() is threading.main_thread():
-        # A shell without job control starts `robo deploy &` with SIGINT ignored, and Python then never raises
-        # KeyboardInterrupt: the children (rclpy installs its own handler) would stop on Ctrl-C while the launcher
-        # lived on. The launcher's contract is that SIGINT stops it and everything it started.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A shell without job control starts `robo deploy &` with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: the children (rclpy installs its own handler) would stop on Ctrl-C while the launcher lived
+    # on. The launcher's contract is that SIGINT stops it and everything it started; set before the children start,
+    # so they do not inherit the ignore either. An in-process caller gets its own handler back (finally, below).
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler) if in_main_thread else None
     children: list[tuple[Process, subprocess.Popen]] = []
-    for proc in processes:
-        if proc.ros_package and not have_ros2:
-            print(f"not started (needs a ROS 2 install): {' '.join(proc.argv)}", flush=True)
-            continue
-        print(f"starting {proc.name}", flush=True)
-        children.append((proc, subprocess.Popen(list(proc.argv), cwd=REPO, env=dict(os.environ))))
-    deadline = time.monotonic() + config.seconds if config.seconds > 0 else None
     status = 0
-    try:
+    try:  # a Ctrl-C while the children are still starting stops those already started
+        for proc in processes:
+            if proc.ros_package and not have_ros2:
+                print(f"not started (needs a ROS 2 install): {' '.join(proc.argv)}", flush=True)
+                continue
+            print(f"starting {proc.name}", flush=True)
+            children.append((proc, subprocess.Popen(list(proc.argv), cwd=REPO, env=dict(os.environ))))
+        deadline = time.monotonic() + config.seconds if config.seconds > 0 else None
         while True:
             exited = [(p, c.returncode) for p, c in children if c.poll() is not None]
             if exited:
@@ -141,6 +142,8 @@ def run_deploy(config: DeployRunConfig) -> int:
         pass
     finally:
         _stop(children)
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous_sigint)
     return status
 
 
