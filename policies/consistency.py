@@ -54,6 +54,7 @@ class ConsistencyPolicyConfig:
     beta_schedule: str = "squaredcos_cap_v2"  # teacher's beta schedule
     prediction_type: str = "epsilon"  # teacher's network output
     teacher_steps: int = 10  # K: the teacher's DDIM steps the student imitates in one call
+    teacher_eta: float = 0.0  # the teacher's DDIM eta: the student imitates that sampler's noise-free path
     freeze_encoder: bool = True  # distilled: the encoder is the teacher's, frozen (features shared)
     # --- evaluation EMA ---
     ema: bool = True  # keep an EMA of the weights for evaluation
@@ -113,12 +114,12 @@ class ConsistencyPolicy(PolicyBase):
         config = ConsistencyPolicyConfig(
             encoder=copy.deepcopy(tc.encoder), denoiser=copy.deepcopy(tc.denoiser), mode="distilled",
             num_train_timesteps=tc.num_train_timesteps, beta_schedule=tc.beta_schedule,
-            prediction_type=tc.prediction_type, teacher_steps=tc.num_inference_steps,
+            prediction_type=tc.prediction_type, teacher_steps=tc.num_inference_steps, teacher_eta=tc.eta,
             ema=tc.ema, ema_decay=tc.ema_decay, ema_power=tc.ema_power)
         if overrides:
             config = config_from_dict(ConsistencyPolicyConfig, {**config_to_dict(config), **overrides})
         own_network = config.denoiser != tc.denoiser
-        fixed = {"mode", "encoder", "num_train_timesteps", "beta_schedule", "teacher_steps"}
+        fixed = {"mode", "encoder", "num_train_timesteps", "beta_schedule", "teacher_steps", "teacher_eta"}
         if not own_network:  # a copied network keeps the output its weights were trained for
             fixed.add("prediction_type")
         fixed = sorted(set(overrides or {}) & fixed)
@@ -139,6 +140,9 @@ class ConsistencyPolicy(PolicyBase):
         if teacher.config.num_inference_steps != self.config.teacher_steps:
             raise ValueError(f"teacher runs {teacher.config.num_inference_steps} DDIM steps, the student was "
                              f"configured for {self.config.teacher_steps}")
+        if teacher.config.eta != self.config.teacher_eta:
+            raise ValueError(f"teacher samples with DDIM eta {teacher.config.eta}, the student was distilled from "
+                             f"eta {self.config.teacher_eta}: attach the teacher it was started from")
         self._teacher = (teacher,)  # not frozen: it may keep training (e.g. online PPO); used under no_grad
 
     # --- the consistency function ------------------------------------------------------------------------------
@@ -198,7 +202,8 @@ class ConsistencyPolicy(PolicyBase):
         return per_sample.mean()
 
     def distillation_loss(self, obs: ObsBatch, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """|| f_student(x_K, c) - DDIM_teacher^K(x_K, c) ||^2 with shared x_K and shared (frozen) features c."""
+        """|| f_student(x_K, c) - teacher(x_K, c) ||^2 with shared x_K and shared (frozen) features c; teacher(.) is
+        the teacher's own K-step sampler with its per-step noise off (``noise_to_chunk_normalized``)."""
         if not self._teacher:
             raise RuntimeError("distillation needs a teacher: use ConsistencyPolicy.from_teacher or attach_teacher")
         teacher = self._teacher[0]
@@ -206,8 +211,7 @@ class ConsistencyPolicy(PolicyBase):
         x_k = noise if noise is not None else torch.randn(
             feats.shape[0], self.spec.horizon, self.spec.action_dim, device=feats.device)
         with torch.no_grad():
-            target = teacher.ddim_sample_normalized(x_k, teacher.denoiser.condition(feats.detach()),
-                                                    self.config.teacher_steps, eta=0.0)
+            target = teacher.noise_to_chunk_normalized(x_k, teacher.denoiser.condition(feats.detach()))
         t_k = self.ddim_timesteps[0].expand(x_k.shape[0])
         pred = self.consistency_fn(x_k, t_k, self.denoiser.condition(feats))
         return F.mse_loss(pred, target)

@@ -132,6 +132,14 @@ class DiffusionPolicy(PolicyBase):
             x = mean + step_noise * sigma * _randn_like(mean, generator) if noisy else mean
         return x
 
+    def noise_to_chunk_normalized(self, x: torch.Tensor, conditioned: torch.Tensor) -> torch.Tensor:
+        """The shipped sampler (this config's DDIM steps and eta) as a deterministic map from the initial noise,
+        its per-step noise off: the DDIM ODE at eta 0, the mean path at eta 1. A one-step student distils this map
+        and noise steering decodes through it; an eta > 0 sampler's fresh per-step noise is not a function of x, so
+        a student regressing on it would learn its average, not a sample."""
+        return self.ddim_sample_normalized(x, conditioned, self.config.num_inference_steps, self.config.eta,
+                                           step_noise=0.0)
+
     def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         shape = (batch, self.spec.horizon, self.spec.action_dim)
         return torch.randn(shape, generator=generator, device=generator.device if generator else "cpu").to(self.device)

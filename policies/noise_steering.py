@@ -76,7 +76,7 @@ class NoiseSteering(nn.Module):
 def decode(base: Any, obs: dict[str, Any], noise: torch.Tensor) -> torch.Tensor:
     """The frozen base policy's chunk (unnormalised) from the given initial noise."""
     if base.kind == "diffusion":
-        clean = base.ddim_sample_normalized(noise, base.conditioned(obs), eta=0.0)
+        clean = base.noise_to_chunk_normalized(noise, base.conditioned(obs))
     elif base.config.mode == "distilled":
         _, cond = base.conditioned(obs, augment=False)
         clean = base.consistency_fn(noise, base.ddim_timesteps[0].expand(noise.shape[0]), cond)

@@ -254,6 +254,36 @@ def test_distillation_moves_student_towards_teacher(tmp_path, student_net):
     assert loaded.predict(batch["obs"], steps=3).shape == (B, HORIZON, ACT)
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_a_student_distils_the_sampler_its_teacher_ships(eta):
+    """The target is the teacher's configured sampler with its per-step noise off: the DDIM ODE at eta 0, the
+    mean path at eta 1 (the two differ, so distilling the wrong one would fail here)."""
+    teacher = build("diffusion-unet", "lowdim")
+    train(teacher, make_batch("lowdim"), steps=10)
+    teacher.eval()
+    teacher.config = replace(teacher.config, eta=eta, step_noise=0.0)
+    student = ConsistencyPolicy.from_teacher(teacher)
+    assert student.config.teacher_eta == eta
+    obs = make_batch("lowdim", seed=1)["obs"]
+    noise = torch.randn(B, HORIZON, ACT, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        cond = teacher.conditioned(obs)
+        shipped = teacher.ddim_sample_normalized(noise, cond, eta=eta, step_noise=0.0)
+        other = teacher.ddim_sample_normalized(noise, cond, eta=1.0 - eta, step_noise=0.0)
+        pred = student.consistency_fn(noise, student.ddim_timesteps[0].expand(B), student.conditioned(obs)[1])
+        loss = student.distillation_loss(obs, noise)
+    assert not torch.allclose(shipped, other, atol=1e-3)
+    assert torch.allclose(loss, torch.nn.functional.mse_loss(pred, shipped))
+    # The teacher's own predict, run from the same noise, is the same chunk (deterministic at step_noise 0).
+    x = teacher.initial_noise(B, torch.Generator().manual_seed(5))
+    assert torch.allclose(teacher.predict(obs, generator=torch.Generator().manual_seed(5)),
+                          teacher.unnormalize_action(teacher.noise_to_chunk_normalized(x, cond).clamp(-1, 1)))
+    # A resumed distillation must not pair the student with a teacher that samples differently.
+    teacher.config = replace(teacher.config, eta=1.0 - eta)
+    with pytest.raises(ValueError, match="student was distilled from eta"):
+        student.attach_teacher(teacher)
+
+
 def test_a_student_cannot_change_what_ties_it_to_its_teacher():
     teacher = build("diffusion-unet", "lowdim").eval()
     with pytest.raises(ValueError, match="takes teacher_steps from its teacher"):
