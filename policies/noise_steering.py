@@ -72,6 +72,14 @@ class NoiseSteering(nn.Module):
         return mean.reshape(-1, *self.shape), std
 
 
+def decode_settings(base: Any) -> dict[str, Any]:
+    """The base's inference settings that shape ``decode``. A steering net learns noise for one map, so the map's
+    settings are saved with the net and a base whose config.json has since changed them is refused on load."""
+    if base.kind == "diffusion":
+        return {"num_inference_steps": base.config.num_inference_steps, "eta": base.config.eta}
+    return {}  # a consistency base decodes with its top-level call alone, whatever inference_steps says
+
+
 @torch.no_grad()
 def decode(base: Any, obs: dict[str, Any], noise: torch.Tensor) -> torch.Tensor:
     """The frozen base policy's chunk (unnormalised) from the given initial noise."""

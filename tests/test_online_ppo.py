@@ -16,7 +16,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from policies.checkpoint import load_checkpoint, save_checkpoint
 from policies.consistency import ConsistencyPolicy
 from robo.finetune import FinetuneConfig, build_actor, gate_decision, train_online
-from robo.rl.noise_ppo import NoiseActor, load_noise_policy
+from robo.rl.noise_ppo import NoiseActor, load_noise_policy, save_noise_policy
 from robo.rl.online import (ChainActor, GaussianActor, RolloutState, ValueNet, advantages_of, collect_rollout,
                             executed_mask, flat_observations, ppo_update)
 from robo.rl.ppo import PPOConfig
@@ -250,6 +250,28 @@ def test_last_k_steps_only_enter_the_gradient():
     assert any(g is not None and torch.any(g != 0) for g in late)
     with pytest.raises(ValueError, match="trainable_last_k"):
         ChainActor(policy, trainable_last_k=99)
+
+
+def test_a_steering_net_refuses_a_diffusion_base_whose_sampler_changed_since_training(tmp_path):
+    """The steering net learnt noise for the base's decoding map (its DDIM steps and eta). Editing those in the
+    base's config.json afterwards would silently change the steered policy: loading refuses it in one line."""
+    base = build("diffusion-mlp", "lowdim").eval()
+    save_checkpoint(tmp_path / "base", base)
+    save_noise_policy(tmp_path / "noise", NoiseActor(load_checkpoint(tmp_path / "base")), str(tmp_path / "base"))
+    obs = make_batch("lowdim", n=2)["obs"]
+    draw = lambda p: p.predict(obs, generator=torch.Generator().manual_seed(3))  # noqa: E731
+    before = draw(load_noise_policy(tmp_path / "noise").shipped())
+    config_path = tmp_path / "base" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["policy_config"].update(eta=1.0, step_noise=0.0)  # an inference field: the checkpoint itself loads
+    config_path.write_text(json.dumps(config))
+    assert not torch.allclose(draw(load_checkpoint(tmp_path / "base")), draw(base), atol=1e-4)
+    with pytest.raises(ValueError, match="steering net was trained on the base decoding with") as err:
+        load_noise_policy(tmp_path / "noise")
+    assert "\n" not in str(err.value)
+    config["policy_config"].update(eta=0.0)  # restored: it loads and draws what it drew before
+    config_path.write_text(json.dumps(config))
+    assert torch.equal(draw(load_noise_policy(tmp_path / "noise").shipped()), before)
 
 
 def test_noise_prior_kl_is_zero_at_the_start_and_the_closed_form_after():

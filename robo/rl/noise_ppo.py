@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from policies.noise_steering import NoisePolicyConfig, NoiseSteering, SteeredPolicy, clipped_noise, decode
+from policies.noise_steering import (NoisePolicyConfig, NoiseSteering, SteeredPolicy, clipped_noise, decode,
+                                     decode_settings)
 from robo.rl.online import masked_logprob
 
 __all__ = ["NoiseActor", "NoisePolicyConfig", "load_noise_policy", "read_noise_policy", "save_noise_policy"]
@@ -85,7 +86,8 @@ def save_noise_policy(path: Path, actor: NoiseActor, base_checkpoint: str,
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in actor.state_dict().items()}, str(path / WEIGHTS_FILE))
     (path / META_FILE).write_text(json.dumps({"config": asdict(actor.config), "base_checkpoint": base_checkpoint,
-                                              "extra": extra or {}}, indent=2))
+                                              "base_decode": decode_settings(actor.policy), "extra": extra or {}},
+                                             indent=2))
 
 
 def read_noise_policy(path: Path) -> dict[str, Any] | None:
@@ -101,7 +103,11 @@ def load_noise_policy(path: Path, device: str = "cpu") -> NoiseActor:
     meta = read_noise_policy(path)
     if meta is None:
         raise FileNotFoundError(f"{path} holds no {META_FILE}: pass the ppo/best of a --method noise run")
-    actor = NoiseActor(load_checkpoint(meta["base_checkpoint"], device=device),
-                       NoisePolicyConfig.from_json(meta["config"]))
+    base = load_checkpoint(meta["base_checkpoint"], device=device)
+    trained_with, now = meta.get("base_decode"), decode_settings(base)  # runs saved before the record: unchecked
+    if trained_with is not None and trained_with != now:
+        raise ValueError(f"{path}: the steering net was trained on the base decoding with {trained_with}, but "
+                         f"{meta['base_checkpoint']}/config.json now sets {now}; restore those settings there")
+    actor = NoiseActor(base, NoisePolicyConfig.from_json(meta["config"]))
     actor.load_state_dict(load_file(str(Path(path) / WEIGHTS_FILE)))
     return actor
